@@ -1,0 +1,43 @@
+"""PyTorch knowledge as data: what allocates, what syncs, what breaks a graph.
+
+Rules consult these tables instead of hard-coding if-chains, so adding a factory or a syncing method
+is a one-line change.
+"""
+from __future__ import annotations
+
+# Factories that allocate a new tensor on the *default* device unless ``device=`` is given.
+TENSOR_FACTORIES = frozenset({
+    "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye",
+    "rand", "randn", "randint", "randperm", "normal", "tensor", "empty_strided", "tril_indices",
+    "triu_indices", "bartlett_window", "hann_window", "hamming_window", "blackman_window",
+    "kaiser_window", "sparse_coo_tensor",
+})
+# Factories whose first arguments are the shape (positional sizes or one sequence).
+SHAPE_FACTORIES = frozenset({"zeros", "ones", "empty", "rand", "randn"})
+# ``full(size, fill)``, ``randint(low, high, size)``: where the size sequence sits.
+SIZE_ARG_POSITION = {"full": 0, "randint": -1, "normal": -1, "empty_strided": 0}
+# ``*_like`` factories inherit the device of their argument: never a device bug.
+LIKE_FACTORIES = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
+                            "randn_like", "randint_like"})
+# Tensor methods that copy to the host or read a value: a host-device sync on CUDA.
+SYNC_METHODS = frozenset({"item", "tolist", "numpy", "cpu", "nonzero", "any", "all"})
+STRICT_SYNC_METHODS = frozenset({"item", "tolist", "numpy", "cpu", "nonzero"})
+# Calls that break a torch.compile graph when reached inside forward / a compiled function.
+GRAPH_BREAK_METHODS = frozenset({"item", "tolist", "numpy", "nonzero"})
+GRAPH_BREAK_BUILTINS = frozenset({"print", "input", "breakpoint", "open"})
+# Reductions/ops whose result is a tensor that still carries the graph.
+REDUCTIONS = frozenset({"sum", "mean", "max", "min", "prod", "logsumexp", "norm", "std", "var", "amax", "amin"})
+# Methods whose presence on a name makes it look like a tensor.
+TENSOR_METHODS = frozenset({
+    "shape", "size", "dim", "ndim", "device", "dtype", "view", "reshape", "permute", "transpose",
+    "unsqueeze", "squeeze", "contiguous", "sum", "mean", "max", "min", "exp", "log", "cumsum",
+    "gather", "scatter", "index_select", "masked_fill", "detach", "clone", "to", "float", "double",
+    "half", "long", "int", "bool", "expand", "repeat", "softmax", "log_softmax", "logsumexp",
+    "matmul", "bmm", "norm", "abs", "clamp", "numel", "requires_grad", "grad", "backward",
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "flatten", "split", "chunk",
+    "narrow", "roll", "flip", "cumprod", "argmax", "argmin", "topk", "sort", "type_as",
+})
+# Methods that make a value integer/boolean (exact cumulative sums, no precision problem).
+INTEGER_METHODS = frozenset({"long", "int", "bool", "short", "byte", "char"})
+INTEGER_DTYPES = frozenset({"torch.long", "torch.int64", "torch.int32", "torch.int", "torch.int16",
+                            "torch.int8", "torch.uint8", "torch.bool", "torch.float64", "torch.double"})

@@ -1,0 +1,300 @@
+"""Helpers shared by rules: resolving torch calls through qualified names, walking scopes,
+and light-weight facts about a function (which parameters are tensors, which names loops range
+over, what a name was assigned from).
+
+Everything here works on libcst nodes plus the metadata of the rule that asks, so
+``import torch as th`` and ``from torch import zeros`` resolve like ``torch.zeros``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
+
+import libcst as cst
+import libcst.matchers as m
+from libcst.metadata import QualifiedNameProvider
+
+from ._knowledge import TENSOR_METHODS
+
+TORCH_PREFIXES = ("torch.",)
+
+
+def torch_function(rule, call: cst.Call) -> Optional[str]:
+    """``"zeros"`` for ``torch.zeros(...)``/``th.zeros``/``zeros`` imported from torch;
+    ``"nn.functional.softmax"`` for ``F.softmax``; None when the callee is not a torch function."""
+    for q in rule.qnames(call.func):
+        if q.startswith("torch."):
+            return q[len("torch."):]
+    # Unresolved ``torch.x`` (e.g. a notebook cell reviewed without its import cell)
+    name = dotted_name(call.func)
+    if name and name.startswith("torch.") and not rule.qnames(call.func):
+        return name[len("torch."):]
+    return None
+
+
+def dotted_name(node: cst.CSTNode) -> Optional[str]:
+    if isinstance(node, cst.Name):
+        return node.value
+    if isinstance(node, cst.Attribute):
+        base = dotted_name(node.value)
+        return f"{base}.{node.attr.value}" if base else None
+    return None
+
+
+def method_call(call: cst.CSTNode) -> Optional[Tuple[cst.BaseExpression, str]]:
+    """``(receiver, "cumsum")`` for ``x.cumsum(...)``; None for other calls."""
+    if isinstance(call, cst.Call) and isinstance(call.func, cst.Attribute):
+        return call.func.value, call.func.attr.value
+    return None
+
+
+def is_method_call(rule, call: cst.Call, names) -> Optional[str]:
+    """The method name if ``call`` is ``<expr>.<name>(...)`` with name in ``names`` and the callee
+    is not a module function (``torch.cumsum`` is a function call, not a method call)."""
+    mc = method_call(call)
+    if mc is None or mc[1] not in names:
+        return None
+    if any(q.startswith(("torch.", "numpy.", "math.")) and q.count(".") == 1 for q in rule.qnames(call.func)):
+        return None
+    return mc[1]
+
+
+def kwarg(call: cst.Call, name: str) -> Optional[cst.Arg]:
+    for a in call.args:
+        if a.keyword is not None and a.keyword.value == name:
+            return a
+    return None
+
+
+def positional(call: cst.Call) -> List[cst.Arg]:
+    return [a for a in call.args if a.keyword is None and not a.star]
+
+
+def names_in(node: cst.CSTNode) -> Set[str]:
+    """All plain names read in ``node`` (not attribute names)."""
+    out: Set[str] = set()
+
+    class V(cst.CSTVisitor):
+        def visit_Name(self, n: cst.Name) -> None:
+            out.add(n.value)
+
+        def visit_Attribute(self, n: cst.Attribute) -> bool:
+            n.value.visit(self)
+            return False
+
+        def visit_Arg(self, n: cst.Arg) -> bool:
+            n.value.visit(self)
+            return False
+
+    node.visit(V())
+    return out
+
+
+def walk(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
+    """Pre-order walk of ``node`` (nested functions and classes included)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if kind is None or isinstance(n, kind):
+            yield n
+        stack.extend(reversed(list(n.children)))
+
+
+def walk_own(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
+    """Like ``walk`` but does not descend into nested functions, lambdas or classes."""
+    stack = list(reversed(list(node.children)))
+    while stack:
+        n = stack.pop()
+        if kind is None or isinstance(n, kind):
+            yield n
+        if isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            continue
+        stack.extend(reversed(list(n.children)))
+
+
+def enclosing_function(rule, node: cst.CSTNode) -> Optional[cst.FunctionDef]:
+    for a in rule.ancestors(node):
+        if isinstance(a, cst.FunctionDef):
+            return a
+    return None
+
+
+def enclosing_class(rule, node: cst.CSTNode) -> Optional[cst.ClassDef]:
+    for a in rule.ancestors(node):
+        if isinstance(a, cst.ClassDef):
+            return a
+    return None
+
+
+def enclosing_loops(rule, node: cst.CSTNode) -> List[cst.CSTNode]:
+    """For/While loops around ``node`` inside its function (innermost first)."""
+    out = []
+    for a in rule.ancestors(node):
+        if isinstance(a, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            break
+        if isinstance(a, (cst.For, cst.While)):
+            out.append(a)
+        if isinstance(a, (cst.ListComp, cst.GeneratorExp, cst.SetComp, cst.DictComp)):
+            out.append(a)
+    return out
+
+
+def in_loop_body(rule, node: cst.CSTNode) -> bool:
+    """True when ``node`` runs once per iteration of an enclosing loop (not in its header)."""
+    child = node
+    for a in rule.ancestors(node):
+        if isinstance(a, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            return False
+        if isinstance(a, (cst.For, cst.While)) and child in (a.body, a.orelse):
+            return child is a.body
+        if isinstance(a, (cst.ListComp, cst.GeneratorExp, cst.SetComp, cst.DictComp)) and child is not a.for_in:
+            return True
+        child = a
+    return False
+
+
+def loop_targets(loop: cst.CSTNode) -> Set[str]:
+    if isinstance(loop, cst.For):
+        return names_in(loop.target)
+    if isinstance(loop, (cst.ListComp, cst.GeneratorExp, cst.SetComp, cst.DictComp)):
+        out: Set[str] = set()
+        f = loop.for_in
+        while f is not None:
+            out |= names_in(f.target)
+            f = f.inner_for_in
+        return out
+    return set()
+
+
+def range_args(loop: cst.CSTNode) -> Optional[List[cst.BaseExpression]]:
+    """The arguments of ``range(...)`` when ``loop`` is ``for v in range(...)``."""
+    if isinstance(loop, cst.For) and m.matches(loop.iter, m.Call(func=m.Name("range"))):
+        return [a.value for a in loop.iter.args]
+    return None
+
+
+def is_tensor_annotation(ann: Optional[cst.Annotation]) -> bool:
+    if ann is None:
+        return False
+    text = cst.Module(body=[]).code_for_node(ann.annotation)
+    return "Tensor" in text
+
+
+@dataclass
+class FunctionFacts:
+    """Cheap facts about one function, computed once and cached per review run."""
+
+    node: cst.FunctionDef
+    params: List[str] = field(default_factory=list)
+    tensor_params: Set[str] = field(default_factory=set)
+    assignments: Dict[str, List[cst.BaseExpression]] = field(default_factory=dict)
+    loop_ranged: Set[str] = field(default_factory=set)  # code of expressions that loops range over
+    derived: Set[str] = field(default_factory=set)  # names computed from tensor params
+    is_method: bool = False
+    is_forward: bool = False
+
+
+def _param_names(fn: cst.FunctionDef) -> List[cst.Param]:
+    p = fn.params
+    out = list(p.posonly_params) + list(p.params) + list(p.kwonly_params)
+    if isinstance(p.star_arg, cst.Param):
+        out.append(p.star_arg)
+    return out
+
+
+def function_facts(rule, fn: cst.FunctionDef) -> FunctionFacts:
+    key = ("facts", id(fn))
+    cache = rule.ctx.cache
+    if key in cache:
+        return cache[key]
+    code = rule.ctx.code_for
+    params = _param_names(fn)
+    names = [p.name.value for p in params]
+    facts = FunctionFacts(node=fn, params=names)
+    facts.is_method = bool(names) and names[0] in ("self", "cls")
+    facts.is_forward = fn.name.value == "forward" and facts.is_method
+    candidates = set(n for n in names if n not in ("self", "cls"))
+    for p in params:
+        if p.name.value in candidates and is_tensor_annotation(p.annotation):
+            facts.tensor_params.add(p.name.value)
+    # assignments and loops in this function's own body
+    for n in walk_own(fn.body):
+        if isinstance(n, cst.Assign):
+            for t in n.targets:
+                for name in _target_names(t.target):
+                    facts.assignments.setdefault(name, []).append(n.value)
+        elif isinstance(n, (cst.AnnAssign, cst.AugAssign)) and isinstance(n.target, cst.Name) and n.value is not None:
+            facts.assignments.setdefault(n.target.value, []).append(n.value)
+        elif isinstance(n, cst.For):
+            args = range_args(n)
+            if args:
+                for a in args:
+                    facts.loop_ranged.add(code(a).replace(" ", ""))
+                    facts.loop_ranged |= names_in(a)
+        elif isinstance(n, cst.Attribute) and isinstance(n.value, cst.Name) and n.value.value in candidates:
+            if n.attr.value in TENSOR_METHODS:
+                facts.tensor_params.add(n.value.value)
+        elif isinstance(n, cst.Subscript) and isinstance(n.value, cst.Name) and n.value.value in candidates:
+            if any(isinstance(e.slice, cst.Index) and isinstance(e.slice.value, (cst.Name, cst.Integer, cst.Ellipsis))
+                   or isinstance(e.slice, cst.Slice) for e in n.slice) and len(n.slice) > 1:
+                facts.tensor_params.add(n.value.value)
+            elif any(isinstance(e.slice, cst.Slice) or (isinstance(e.slice, cst.Index) and isinstance(e.slice.value, (cst.Ellipsis)))
+                     for e in n.slice):
+                facts.tensor_params.add(n.value.value)
+        elif isinstance(n, cst.Call):
+            tf = torch_function(rule, n)
+            if tf and not tf.startswith(("nn.Module", "optim")):
+                for a in n.args:
+                    if isinstance(a.value, cst.Name) and a.value.value in candidates and a.keyword is None:
+                        facts.tensor_params.add(a.value.value)
+        elif isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.MatrixMultiply):
+            for side in (n.left, n.right):
+                if isinstance(side, cst.Name) and side.value in candidates:
+                    facts.tensor_params.add(side.value)
+    # names derived from tensor params (one pass in source order is enough in practice)
+    derived = set(facts.tensor_params)
+    for _ in range(3):
+        for name, values in facts.assignments.items():
+            if name not in derived and any(names_in(v) & derived for v in values):
+                derived.add(name)
+    facts.derived = derived
+    cache[key] = facts
+    return facts
+
+
+def _target_names(t: cst.BaseExpression) -> Iterable[str]:
+    if isinstance(t, cst.Name):
+        yield t.value
+    elif isinstance(t, (cst.Tuple, cst.List)):
+        for e in t.elements:
+            yield from _target_names(e.value)
+    elif isinstance(t, cst.StarredElement):
+        yield from _target_names(t.value)
+
+
+def assigned_values(rule, fn: Optional[cst.FunctionDef], name: str) -> List[cst.BaseExpression]:
+    """Expressions assigned to ``name`` in ``fn`` (or at module level when fn is None)."""
+    if fn is not None:
+        return function_facts(rule, fn).assignments.get(name, [])
+    key = ("module-assignments",)
+    cache = rule.ctx.cache
+    if key not in cache:
+        out: Dict[str, List[cst.BaseExpression]] = {}
+        if rule.ctx.module is not None:
+            for n in walk_own(rule.ctx.module):
+                if isinstance(n, cst.Assign):
+                    for t in n.targets:
+                        for nm in _target_names(t.target):
+                            out.setdefault(nm, []).append(n.value)
+        cache[key] = out
+    return cache[key].get(name, [])
+
+
+def is_none(node: Optional[cst.BaseExpression]) -> bool:
+    return isinstance(node, cst.Name) and node.value == "None"
+
+
+def is_constant(node: cst.BaseExpression) -> bool:
+    return isinstance(node, (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString,
+                             cst.FormattedString, cst.Imaginary)) or (
+        isinstance(node, cst.Name) and node.value in ("None", "True", "False"))

@@ -1,0 +1,157 @@
+"""The rule base class: one rule per file, self-documenting and self-testing.
+
+A rule is a libcst ``BatchableCSTVisitor`` with a stable ``code``, a ``category`` from the
+vocabulary, a ``severity`` per standard (None: the rule does not run under that standard), a
+docstring with the sections *What it does / Why is this bad / Example / Use instead*, and ``VALID``
+and ``INVALID`` code examples that the test-suite runs. All enabled rules visit one parsed module
+together (``MetadataWrapper.visit_batched``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
+
+import libcst as cst
+from libcst.metadata import (
+    ParentNodeProvider,
+    PositionProvider,
+    QualifiedNameProvider,
+    ScopeProvider,
+)
+
+from ..findings import CATEGORIES, STANDARDS, Fix, check_severity
+
+
+@dataclass
+class Invalid:
+    """An INVALID example: ``code`` must trigger the rule (on ``line`` when given)."""
+
+    code: str
+    line: Optional[int] = None
+    expected_fix: Optional[str] = None  # the module after the rule's autofix, when it has one
+
+
+@dataclass
+class Report:
+    """What a rule reports; the engine turns it into a located, standard-filtered Finding."""
+
+    rule: "Rule"
+    node: cst.CSTNode
+    problem: str
+    impact: str
+    fix: Optional[Fix] = None
+    title: Optional[str] = None
+    severity: Optional[str] = None  # overrides the rule's severity for this standard
+    category: Optional[str] = None
+    replacement: Optional[cst.CSTNode] = None  # a safe autofix: replace ``node`` by this
+    evidence: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class RuleContext:
+    """Shared state for one review run (one module): reports, positive observations, caches."""
+
+    standard: str = "research"
+    module: Optional[cst.Module] = None
+    reports: List[Report] = field(default_factory=list)
+    observations: Dict[str, str] = field(default_factory=dict)
+    cache: Dict[Any, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def code_for(self, node: cst.CSTNode) -> str:
+        mod = self.module or cst.Module(body=[])
+        return mod.code_for_node(node)
+
+
+class Rule(cst.BatchableCSTVisitor):
+    code: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    category: ClassVar[str] = ""
+    severity: ClassVar[Dict[str, Optional[str]]] = {}
+    autofix: ClassVar[bool] = False
+    VALID: ClassVar[Sequence[str]] = ()
+    INVALID: ClassVar[Sequence[Union[str, Invalid]]] = ()
+
+    METADATA_DEPENDENCIES = (PositionProvider, QualifiedNameProvider, ScopeProvider, ParentNodeProvider)
+
+    def __init__(self, ctx: RuleContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    # -- class-level checks, run by the registry ------------------------------------------
+    @classmethod
+    def validate_class(cls) -> None:
+        import re
+
+        if not re.fullmatch(r"TR\d{3}", cls.code):
+            raise TypeError(f"{cls.__name__}: code must look like TR123, got {cls.code!r}")
+        if cls.category not in CATEGORIES:
+            raise TypeError(f"{cls.__name__}: unknown category {cls.category!r}")
+        if set(cls.severity) - set(STANDARDS):
+            raise TypeError(f"{cls.__name__}: severity keys must be standards {STANDARDS}")
+        for v in cls.severity.values():
+            if v is not None:
+                check_severity(v, f"{cls.__name__}.severity")
+        if not any(cls.severity.get(s) for s in STANDARDS):
+            raise TypeError(f"{cls.__name__}: runs under no standard")
+        if not cls.title:
+            raise TypeError(f"{cls.__name__}: missing title")
+        doc = cls.__doc__ or ""
+        for section in ("What it does", "Why is this bad", "Example", "Use instead"):
+            if section not in doc:
+                raise TypeError(f"{cls.__name__}: docstring lacks the section {section!r}")
+        if not cls.VALID or not cls.INVALID:
+            raise TypeError(f"{cls.__name__}: needs VALID and INVALID examples")
+
+    @classmethod
+    def severity_for(cls, standard: str) -> Optional[str]:
+        return cls.severity.get(standard)
+
+    @classmethod
+    def invalid_examples(cls) -> List[Invalid]:
+        return [e if isinstance(e, Invalid) else Invalid(code=e) for e in cls.INVALID]
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def report(
+        self,
+        node: cst.CSTNode,
+        problem: str,
+        impact: str,
+        fix: Optional[Fix] = None,
+        *,
+        title: Optional[str] = None,
+        severity: Optional[str] = None,
+        category: Optional[str] = None,
+        replacement: Optional[cst.CSTNode] = None,
+        evidence: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        if replacement is not None and fix is None:
+            fix = Fix(before=self.ctx.code_for(node), after=self.ctx.code_for(replacement))
+        self.ctx.reports.append(
+            Report(self, node, problem, impact, fix, title, severity, category, replacement, evidence)
+        )
+
+    def observe(self, key: str, text: str) -> None:
+        """Record a well-implemented pattern for the report's Positive Observations."""
+        self.ctx.observations.setdefault(key, text)
+
+    def qnames(self, node: cst.CSTNode) -> set:
+        try:
+            return {q.name for q in self.get_metadata(QualifiedNameProvider, node, set())}
+        except Exception:
+            return set()
+
+    def parent(self, node: cst.CSTNode) -> Optional[cst.CSTNode]:
+        return self.get_metadata(ParentNodeProvider, node, None)
+
+    def ancestors(self, node: cst.CSTNode):
+        p = self.parent(node)
+        while p is not None:
+            yield p
+            p = self.parent(p)
+
+    def line_of(self, node: cst.CSTNode) -> int:
+        return self.get_metadata(PositionProvider, node).start.line
+
+    def code_for(self, node: cst.CSTNode) -> str:
+        return self.ctx.code_for(node)
