@@ -41,3 +41,21 @@ TENSOR_METHODS = frozenset({
 INTEGER_METHODS = frozenset({"long", "int", "bool", "short", "byte", "char"})
 INTEGER_DTYPES = frozenset({"torch.long", "torch.int64", "torch.int32", "torch.int", "torch.int16",
                             "torch.int8", "torch.uint8", "torch.bool", "torch.float64", "torch.double"})
+# torch calls whose positional arguments are sizes, seeds, dtypes or devices, not tensors.
+NON_TENSOR_TORCH_CALLS = TENSOR_FACTORIES | frozenset({
+    "device", "Size", "manual_seed", "set_grad_enabled", "set_default_dtype", "set_num_threads",
+    "get_default_dtype", "finfo", "iinfo", "empty_cache", "set_printoptions", "load", "save",
+    "compile", "no_grad", "enable_grad", "inference_mode", "Generator", "from_numpy", "as_tensor",
+    "promote_types", "result_type", "is_tensor", "numel", "jit.script", "jit.trace",
+})
+# Tensor methods / torch functions whose result depends on tensor *values* (not shapes): a Python
+# ``if``/``while`` on them needs the value on the host (a sync) and breaks a torch.compile graph.
+DATA_DEPENDENT_METHODS = frozenset({
+    "sum", "mean", "max", "min", "prod", "norm", "std", "var", "amax", "amin", "any", "all", "item",
+    "equal", "allclose", "isnan", "isinf", "isfinite", "count_nonzero", "argmax", "argmin", "median",
+    "logsumexp", "abs", "nonzero",
+})
+DATA_DEPENDENT_FUNCTIONS = frozenset({
+    "any", "all", "equal", "allclose", "isnan", "isinf", "isfinite", "count_nonzero", "sum", "mean",
+    "max", "min", "norm", "linalg.norm", "argmax", "argmin", "median", "amax", "amin",
+})

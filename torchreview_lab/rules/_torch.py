@@ -14,7 +14,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.metadata import QualifiedNameProvider
 
-from ._knowledge import TENSOR_METHODS
+from ._knowledge import NON_TENSOR_TORCH_CALLS, TENSOR_METHODS
 
 TORCH_PREFIXES = ("torch.",)
 
@@ -243,7 +243,7 @@ def function_facts(rule, fn: cst.FunctionDef) -> FunctionFacts:
                 facts.tensor_params.add(n.value.value)
         elif isinstance(n, cst.Call):
             tf = torch_function(rule, n)
-            if tf and not tf.startswith(("nn.Module", "optim")):
+            if tf and tf not in NON_TENSOR_TORCH_CALLS and not tf.startswith(("nn.", "optim", "cuda", "backends", "utils")):
                 for a in n.args:
                     if isinstance(a.value, cst.Name) and a.value.value in candidates and a.keyword is None:
                         facts.tensor_params.add(a.value.value)

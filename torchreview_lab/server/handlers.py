@@ -16,6 +16,7 @@ from .service import BadRequest, NotFound, ReviewService
 
 def error_status(exc: BaseException) -> Tuple[int, str]:
     """(status, message) for an exception raised while serving a request."""
+    from ..config import ConfigError
     from ..source import InputError
 
     if isinstance(exc, BadRequest):
@@ -24,6 +25,8 @@ def error_status(exc: BaseException) -> Tuple[int, str]:
         return 404, str(exc)
     if isinstance(exc, InputError):  # the engine's "bad input" (non-Python notebook, invalid JSON, ...)
         return 400, str(exc)
+    if isinstance(exc, ConfigError):  # a malformed [tool.torchreview] table: the user's input
+        return 400, f"configuration error: {exc}"
     if isinstance(exc, FileNotFoundError):
         return 404, f"file not found: {exc.filename or exc}"
     if isinstance(exc, IsADirectoryError):

@@ -1,0 +1,189 @@
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { DocumentRegistry } from '@jupyterlab/docregistry';
+import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+
+import { Finding, Standard, STANDARDS } from './findings.gen';
+import { torchReviewIcon } from './icon';
+import { jumpToFinding } from './jump';
+import { ICellPayload, IReviewTarget, ReviewModel } from './model';
+import { TorchReviewPanel } from './panel';
+
+const PLUGIN_ID = 'torchreview-lab:plugin';
+
+export namespace CommandIDs {
+  export const review = 'torchreview:review';
+  export const open = 'torchreview:open';
+  export const toggleStandard = 'torchreview:toggle-standard';
+}
+
+/** The notebook as the model sees it: its path and its live cells (unsaved edits included). */
+function notebookTarget(panel: NotebookPanel): IReviewTarget {
+  return {
+    get path() {
+      return panel.context.path;
+    },
+    cells(): ICellPayload[] {
+      const cells = panel.content.model?.cells;
+      const out: ICellPayload[] = [];
+      if (!cells) {
+        return out;
+      }
+      for (let i = 0; i < cells.length; i++) {
+        const cell = cells.get(i);
+        const payload: ICellPayload = {
+          cell_type: cell.type,
+          source: cell.sharedModel.getSource(),
+          id: cell.id
+        };
+        if (cell.type === 'code') {
+          payload.execution_count = (cell as any).executionCount ?? null;
+        }
+        out.push(payload);
+      }
+      return out;
+    },
+    language(): string | null {
+      const model = panel.content.model;
+      if (!model) {
+        return null;
+      }
+      const info = model.getMetadata('language_info') as { name?: string } | undefined;
+      const spec = model.getMetadata('kernelspec') as { language?: string } | undefined;
+      return info?.name ?? spec?.language ?? null;
+    }
+  };
+}
+
+interface ISettings {
+  standard: Standard;
+  autoReviewOnSave: boolean;
+  ignoredRules: string[];
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'Review PyTorch code in notebooks from a side panel.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  optional: [ICommandPalette, ISettingRegistry, ILayoutRestorer],
+  activate: (
+    app: JupyterFrontEnd,
+    tracker: INotebookTracker,
+    palette: ICommandPalette | null,
+    settingRegistry: ISettingRegistry | null,
+    restorer: ILayoutRestorer | null
+  ) => {
+    const model = new ReviewModel();
+    const settings: ISettings = { standard: 'research', autoReviewOnSave: false, ignoredRules: [] };
+    const targets = new WeakMap<NotebookPanel, IReviewTarget>();
+    const targetFor = (nb: NotebookPanel): IReviewTarget => {
+      let t = targets.get(nb);
+      if (!t) {
+        t = notebookTarget(nb);
+        targets.set(nb, t);
+      }
+      return t;
+    };
+    const follow = () => {
+      const nb = tracker.currentWidget;
+      if (nb) {
+        model.target = targetFor(nb);
+      }
+    };
+
+    const panel = new TorchReviewPanel(model, {
+      review: () => {
+        follow();
+        void model.run();
+      },
+      jump: (f: Finding) => {
+        const nb = tracker.find(w => w.context.path === model.target?.path) ?? tracker.currentWidget;
+        if (nb) {
+          void jumpToFinding(app, nb, f);
+        }
+      }
+    });
+    app.shell.add(panel, 'right', { rank: 650 });
+    if (restorer) {
+      restorer.add(panel, 'torchreview-panel');
+    }
+
+    tracker.currentChanged.connect(follow);
+    follow();
+
+    // Review on save: re-review the notebook that was saved when it is the one the panel shows.
+    const onSave = (context: DocumentRegistry.IContext<INotebookModel>, state: DocumentRegistry.SaveState) => {
+      if (state === 'completed' && settings.autoReviewOnSave && model.target?.path === context.path) {
+        void model.run();
+      }
+    };
+    tracker.widgetAdded.connect((_, nb) => {
+      nb.context.saveState.connect(onSave);
+    });
+
+    app.commands.addCommand(CommandIDs.review, {
+      label: 'TorchReview: Review notebook',
+      caption: "Review the current notebook's PyTorch code",
+      icon: torchReviewIcon,
+      isEnabled: () => tracker.currentWidget !== null,
+      execute: async () => {
+        follow();
+        app.shell.activateById(panel.id);
+        await model.run();
+      }
+    });
+    app.commands.addCommand(CommandIDs.open, {
+      label: 'TorchReview: Open panel',
+      icon: torchReviewIcon,
+      execute: () => {
+        follow();
+        app.shell.activateById(panel.id);
+      }
+    });
+    app.commands.addCommand(CommandIDs.toggleStandard, {
+      label: () =>
+        `TorchReview: Switch to ${model.standard === 'research' ? 'production' : 'research'} standard`,
+      execute: async () => {
+        await model.setStandard(model.standard === 'research' ? 'production' : 'research');
+      }
+    });
+    if (palette) {
+      const category = 'TorchReview';
+      for (const command of [CommandIDs.review, CommandIDs.open, CommandIDs.toggleStandard]) {
+        palette.addItem({ command, category });
+      }
+    }
+
+    if (settingRegistry) {
+      const apply = (s: ISettingRegistry.ISettings) => {
+        const standard = s.get('standard').composite as string;
+        settings.standard = (STANDARDS as readonly string[]).includes(standard)
+          ? (standard as Standard)
+          : 'research';
+        settings.autoReviewOnSave = Boolean(s.get('autoReviewOnSave').composite);
+        settings.ignoredRules = ((s.get('ignoredRules').composite as string[]) ?? []).filter(
+          c => typeof c === 'string' && c.length > 0
+        );
+        if (!model.review) {
+          model.defaultStandard = settings.standard;
+        }
+        model.ignoredRules = settings.ignoredRules;
+      };
+      settingRegistry
+        .load(PLUGIN_ID)
+        .then(s => {
+          apply(s);
+          s.changed.connect(apply);
+        })
+        .catch(reason => console.error('torchreview-lab: failed to load settings', reason));
+    }
+  }
+};
+
+export default plugin;

@@ -1,0 +1,225 @@
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { requestAPI } from './request';
+import {
+  Finding,
+  Review,
+  SEVERITIES,
+  Severity,
+  Standard
+} from './findings.gen';
+
+/** A notebook cell as the server expects it (nbformat-style). */
+export interface ICellPayload {
+  cell_type: string;
+  source: string;
+  id?: string;
+  execution_count?: number | null;
+}
+
+/** What the model needs from the notebook it reviews: a name, and its current cells. */
+export interface IReviewTarget {
+  /** The notebook's path relative to the server root (a stable key). */
+  readonly path: string;
+  /** The notebook's current content, unsaved edits included. */
+  cells(): ICellPayload[];
+  /** The kernel language, when known. */
+  language(): string | null;
+}
+
+export type ReviewStatus = 'idle' | 'running' | 'done' | 'error';
+
+export interface ISeverityGroup {
+  severity: Severity;
+  findings: Finding[];
+}
+
+/**
+ * The panel's state without any DOM: the target notebook, the standard, the last review of each
+ * notebook, the severity filter and which rows are expanded. Views listen to `changed`.
+ */
+export class ReviewModel {
+  private _changed = new Signal<this, void>(this);
+  private _target: IReviewTarget | null = null;
+  private _standard: Standard = 'research';
+  private _ignored: string[] = [];
+  private _reviews = new Map<string, Review>();
+  private _status: ReviewStatus = 'idle';
+  private _error: string | null = null;
+  private _hidden = new Set<Severity>();
+  private _expanded = new Set<string>();
+  private _generation = 0;
+  private _reviewedAt: Date | null = null;
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+  get target(): IReviewTarget | null {
+    return this._target;
+  }
+  get standard(): Standard {
+    return this._standard;
+  }
+  get status(): ReviewStatus {
+    return this._status;
+  }
+  get error(): string | null {
+    return this._error;
+  }
+  get ignoredRules(): readonly string[] {
+    return this._ignored;
+  }
+  get reviewedAt(): Date | null {
+    return this._reviewedAt;
+  }
+
+  /** The last review of the current notebook (null before the first one). */
+  get review(): Review | null {
+    return this._target ? this._reviews.get(this._target.path) ?? null : null;
+  }
+
+  /** The findings shown: the current review, less ignored rules. */
+  get findings(): Finding[] {
+    const review = this.review;
+    if (!review) {
+      return [];
+    }
+    return review.findings.filter(f => !this.isIgnored(f.rule));
+  }
+
+  /** Findings by severity, most severe first; every severity is present (maybe empty). */
+  get groups(): ISeverityGroup[] {
+    const all = this.findings;
+    return SEVERITIES.map(severity => ({
+      severity,
+      findings: all.filter(f => f.severity === severity)
+    }));
+  }
+
+  count(severity: Severity): number {
+    return this.findings.filter(f => f.severity === severity).length;
+  }
+
+  isHidden(severity: Severity): boolean {
+    return this._hidden.has(severity);
+  }
+
+  toggleSeverity(severity: Severity): void {
+    if (this._hidden.has(severity)) {
+      this._hidden.delete(severity);
+    } else {
+      this._hidden.add(severity);
+    }
+    this._changed.emit();
+  }
+
+  isExpanded(f: Finding): boolean {
+    return this._expanded.has(findingKey(f));
+  }
+
+  setExpanded(f: Finding, expanded: boolean): void {
+    const key = findingKey(f);
+    if (expanded === this._expanded.has(key)) {
+      return;
+    }
+    if (expanded) {
+      this._expanded.add(key);
+    } else {
+      this._expanded.delete(key);
+    }
+    this._changed.emit();
+  }
+
+  isIgnored(rule: string): boolean {
+    const code = rule.toUpperCase();
+    return this._ignored.some(prefix => code.startsWith(prefix.toUpperCase()));
+  }
+
+  set ignoredRules(codes: readonly string[]) {
+    this._ignored = [...codes];
+    this._changed.emit();
+  }
+
+  set target(target: IReviewTarget | null) {
+    if (target === this._target) {
+      return;
+    }
+    this._target = target;
+    this._generation++; // a review in flight for the old notebook is dropped
+    this._status = target && this._reviews.has(target.path) ? 'done' : 'idle';
+    this._error = null;
+    this._changed.emit();
+  }
+
+  /** Change the standard; re-review when the notebook was reviewed before. */
+  async setStandard(standard: Standard): Promise<void> {
+    if (standard === this._standard) {
+      return;
+    }
+    this._standard = standard;
+    this._changed.emit();
+    if (this.review || this._status === 'error') {
+      await this.run();
+    }
+  }
+
+  /** Set the standard without re-reviewing (from settings). */
+  set defaultStandard(standard: Standard) {
+    this._standard = standard;
+    this._changed.emit();
+  }
+
+  /** Review the target's current content with the current standard. */
+  async run(): Promise<void> {
+    const target = this._target;
+    if (!target) {
+      this._status = 'error';
+      this._error = 'Open a notebook to review it.';
+      this._changed.emit();
+      return;
+    }
+    const generation = ++this._generation;
+    this._status = 'running';
+    this._error = null;
+    this._changed.emit();
+    try {
+      const review = await requestAPI<Review>('review', {
+        method: 'POST',
+        body: JSON.stringify({
+          path: target.path,
+          cells: target.cells(),
+          language: target.language(),
+          standard: this._standard,
+          ignore: this._ignored
+        })
+      });
+      if (generation !== this._generation) {
+        return; // superseded by a newer review or another notebook
+      }
+      this._reviews.set(target.path, review);
+      this._status = 'done';
+      this._reviewedAt = new Date();
+    } catch (error) {
+      if (generation !== this._generation) {
+        return;
+      }
+      this._status = 'error';
+      this._error = error instanceof Error ? error.message : String(error);
+    }
+    this._changed.emit();
+  }
+}
+
+/** A stable key for a finding (expanded state survives re-reviews of the same code). */
+export function findingKey(f: Finding): string {
+  return `${f.rule}:${f.cell_id ?? f.cell}:${f.line}:${f.column}`;
+}
+
+/** "cell 3 [In 7], line 4": cells 1-based for people, as jupyterlab-lsp writes them. */
+export function locationLabel(f: Finding): string {
+  if (f.cell === null) {
+    return `line ${f.line}`;
+  }
+  const count = f.execution_count !== null ? ` [In ${f.execution_count}]` : '';
+  return `cell ${f.cell + 1}${count}, line ${f.line}`;
+}

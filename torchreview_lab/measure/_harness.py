@@ -1,0 +1,64 @@
+"""Calling conventions shared by the probe and the checks.
+
+A *harness* is ``harness(T)`` or ``harness(T, device=...)``: it builds inputs of size ``T`` and runs
+the computation, returning the loss or the output (or nothing). When it accepts ``device`` the probe
+passes the device being measured; otherwise the probe runs it under ``with torch.device(...)`` so
+factory calls without ``device=`` land on that device.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Callable
+
+import torch
+
+
+def accepts_device(fn: Callable) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    for p in sig.parameters.values():
+        if p.name == "device" or p.kind is inspect.Parameter.VAR_KEYWORD:
+            return True
+    return False
+
+
+def call_harness(fn: Callable, size: Any, device: str) -> Any:
+    """Run ``fn`` at ``size`` on ``device`` (see module doc)."""
+    if accepts_device(fn):
+        with torch.device(device):
+            return fn(size, device=device)
+    with torch.device(device):
+        return fn(size)
+
+
+def harness_name(fn: Callable) -> str:
+    mod = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    if mod and not mod.startswith("_torchreview_user_") and mod != "__main__":
+        return f"{mod}.{name}"
+    return name
+
+
+def run_backward(out: Any) -> None:
+    """Backward through a harness result that carries a graph (a scalar loss, or ``.sum()`` of it)."""
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+        (out if out.numel() == 1 else out.sum()).backward()
+
+
+@contextlib.contextmanager
+def single_thread(device: str):
+    """``torch.set_num_threads(1)`` on the CPU for stable timings, restored afterwards."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

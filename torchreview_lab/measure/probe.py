@@ -1,0 +1,269 @@
+"""The scaling probe: run a harness at a grid of sizes under a memory tracker, fit, predict.
+
+Safety first: before each real run the bytes at that size are predicted (the fit so far, or a
+meta-device run while fewer than two sizes are measured) and sizes over the budget are skipped; the
+time budget stops the grid; out-of-memory is caught, reported, and ends the grid. Nothing is left
+behind: modes and the profiler are context managers, thread counts are restored, and the harness's
+outputs are dropped before the next size.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from typing import Any, Callable, List, Optional, Sequence
+
+import torch
+
+from ._format import fmt_bytes, fmt_seconds
+from ._harness import call_harness, harness_name, run_backward, single_thread
+from .fit import R2_POOR, PowerLawFit, fit_power_law
+from .meta import meta_run
+from .result import Point, ScalingResult, TargetPrediction
+from .rules import harness_location
+from .trackers import device_memory, real_tracker
+
+DEFAULT_SIZES = (256, 512, 1024, 2048)
+TIME_FIT_MIN_SIZE = 256
+META_DISAGREE = 0.20
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch.cuda.is_available() is False")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto'; got {device!r}")
+    return str(dev)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom_cls = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_cls is not None and isinstance(exc, oom_cls):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cleanup(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _measure_once(fn: Callable, size: int, device: str, backward: bool) -> int:
+    tracker = real_tracker(device)
+    out = None
+    with tracker:
+        out = call_harness(fn, size, device)
+        if backward:
+            run_backward(out)
+        _sync(device)
+    del out
+    return tracker.peak_bytes
+
+
+def _time(fn: Callable, size: int, device: str, backward: bool, repeats: int, max_seconds: float) -> float:
+    samples: List[float] = []
+    spent = 0.0
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = call_harness(fn, size, device)
+        if backward:
+            run_backward(out)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        del out
+        samples.append(dt)
+        spent += dt
+        if spent > max_seconds and len(samples) >= 1:
+            break
+    return statistics.median(samples)
+
+
+def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[int] = None,
+          device: str = "auto", budget_bytes: Optional[int] = None, time_budget: Optional[float] = None,
+          *, backward: bool = False, repeats: int = 5, meta: bool = True, meta_time_limit: float = 10.0,
+          name: Optional[str] = None) -> ScalingResult:
+    """Measure peak memory and time of ``fn(T)`` at each size, fit power laws, predict at ``target``.
+
+    ``fn`` is a harness: ``fn(T)`` or ``fn(T, device=...)`` builds inputs of size T and runs the
+    computation (``backward=True`` also runs backward through a returned loss). ``budget_bytes``
+    (default: half of the device's free memory) bounds each real run; ``time_budget`` (seconds)
+    bounds the whole grid. Never raises for the harness's own errors: they are reported in
+    ``skipped``/``warnings``.
+    """
+    dev = resolve_device(device)
+    mem = device_memory(dev)
+    if budget_bytes is None and mem.get("free"):
+        budget_bytes = int(mem["free"] // 2)
+    res = ScalingResult(function=name or harness_name(fn), device=dev, budget_bytes=budget_bytes,
+                        location=harness_location(fn))
+    sizes = sorted({int(s) for s in sizes if int(s) > 0})
+    t_start = time.perf_counter()
+    per_size_time = None if time_budget is None else max(0.05, float(time_budget) / max(1, 2 * len(sizes)))
+    stop: Optional[str] = None
+    stop_kind = ""
+
+    with single_thread(dev):
+        for size in sizes:
+            if stop:
+                res.skipped.append({"size": size, "reason": stop, "kind": stop_kind})
+                continue
+            elapsed = time.perf_counter() - t_start
+            # ---- time budget: stop when spent, or when the next size would overrun it
+            if time_budget is not None:
+                tf = _fit_time(res.points)
+                est = tf.predict(size) * (1 + min(repeats, 3)) if tf else 0.0
+                if elapsed >= time_budget or (tf and elapsed + est > time_budget):
+                    stop = f"time budget of {fmt_seconds(time_budget)} spent" if elapsed >= time_budget else \
+                        f"predicted {fmt_seconds(est)} would overrun the time budget of {fmt_seconds(time_budget)}"
+                    stop_kind = "time"
+                    res.skipped.append({"size": size, "reason": stop, "kind": stop_kind})
+                    continue
+            # ---- memory budget: predict before running
+            predicted, how = _predict_bytes(fn, res, size, dev, backward, meta, meta_time_limit)
+            if budget_bytes is not None and predicted is not None and predicted > budget_bytes:
+                res.skipped.append({"size": size, "kind": "budget", "reason":
+                                    f"predicted {fmt_bytes(predicted)} ({how}) exceeds the budget of "
+                                    f"{fmt_bytes(budget_bytes)}"})
+                stop, stop_kind = f"a smaller size (T={size:,}) was over the memory budget", "budget"
+                continue
+            # ---- real run
+            try:
+                peak = _measure_once(fn, size, dev, backward)
+                remaining = None if time_budget is None else time_budget - (time.perf_counter() - t_start)
+                cap = per_size_time if remaining is None else max(0.0, min(per_size_time or remaining, remaining))
+                secs = _time(fn, size, dev, backward, repeats, cap if cap is not None else 2.0)
+            except BaseException as e:  # noqa: B902 - OOM and harness errors are results, not crashes
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                _cleanup(dev)
+                if is_oom(e):
+                    res.skipped.append({"size": size, "kind": "oom",
+                                        "reason": f"out of memory: {type(e).__name__}: {_first_line(e)}"})
+                    stop, stop_kind = f"a smaller size (T={size:,}) ran out of memory", "oom"
+                else:
+                    res.skipped.append({"size": size, "kind": "error",
+                                        "reason": f"the harness raised {type(e).__name__}: {_first_line(e)}"})
+                    stop, stop_kind = f"the harness failed at T={size:,}", "error"
+                continue
+            res.points.append(Point(size=size, peak_bytes=int(peak), seconds=float(secs)))
+            _cleanup(dev)
+
+    _fit(res)
+    if target is not None:
+        _predict_target(fn, res, int(target), dev, mem, backward, meta, meta_time_limit, t_start, time_budget)
+    return res
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:300] if s else ""
+
+
+def _fit_time(points: List[Point]) -> Optional[PowerLawFit]:
+    big = [p for p in points if p.size >= TIME_FIT_MIN_SIZE]
+    use = big if len(big) >= 2 else points
+    return fit_power_law([p.size for p in use], [p.seconds for p in use])
+
+
+def _predict_bytes(fn, res: ScalingResult, size: int, dev: str, backward: bool, meta: bool,
+                   meta_time_limit: float):
+    pts = [p for p in res.points if p.peak_bytes > 0]
+    if len(pts) >= 2:
+        f = fit_power_law([p.size for p in pts], [p.peak_bytes for p in pts])
+        if f is not None:
+            return f.predict(size), f"fit over {len(pts)} sizes"
+    if meta:
+        m = meta_run(fn, size, time_limit=min(meta_time_limit, 2.0), backward=backward)
+        if m.ok:
+            return float(m.peak_bytes), "meta-device run"
+    if len(pts) == 1 and pts[0].size > 0:  # one point: assume linear growth from it (conservative for O(1))
+        return pts[0].peak_bytes * size / pts[0].size, "linear from one size"
+    return None, ""
+
+
+def _fit(res: ScalingResult) -> None:
+    pts = res.points
+    if len(pts) < 2:
+        if pts:
+            res.warnings.append("only one size was measured: no fit")
+        return
+    pos = [p for p in pts if p.peak_bytes > 0]
+    if len(pos) >= 2:
+        res.memory_fit = fit_power_law([p.size for p in pos], [p.peak_bytes for p in pos])
+        if len(pos) < len(pts):
+            res.warnings.append(f"{len(pts) - len(pos)} size(s) allocated nothing above the baseline; "
+                                "the memory fit uses the others")
+    else:
+        res.warnings.append("no memory above the baseline was allocated at the measured sizes")
+    mf = res.memory_fit
+    if mf is not None and mf.r2 < R2_POOR:
+        res.warnings.append(f"memory does not follow a power law in T (R² {mf.r2:.2f}): predictions are rough")
+    big = [p for p in pts if p.size >= TIME_FIT_MIN_SIZE]
+    if len(big) >= 2:
+        res.time_fit = fit_power_law([p.size for p in big], [p.seconds for p in big],
+                                     min_size=TIME_FIT_MIN_SIZE)
+        if res.time_fit is not None and len(big) < 3 and res.time_fit.confidence == "high":
+            res.time_fit.confidence = "medium"
+    else:
+        res.time_fit = fit_power_law([p.size for p in pts], [p.seconds for p in pts])
+        if res.time_fit is not None:
+            res.time_fit.confidence = "low"
+            res.warnings.append(f"time fitted on sizes below T={TIME_FIT_MIN_SIZE} (timings of small sizes are "
+                                "dominated by overheads): low confidence")
+    tf = res.time_fit
+    if tf is not None and tf.r2 < R2_POOR:
+        res.warnings.append(f"time does not follow a power law in T (R² {tf.r2:.2f}): noisy timings")
+
+
+def _predict_target(fn, res: ScalingResult, target: int, dev: str, mem, backward: bool, meta: bool,
+                    meta_time_limit: float, t_start: float, time_budget: Optional[float]) -> None:
+    tgt = TargetPrediction(size=target)
+    mf, tf = res.memory_fit, res.time_fit
+    if mf is not None:
+        tgt.peak_bytes = float(mf.predict(target))
+    if tf is not None:
+        tgt.seconds = float(tf.predict(target))
+    if torch.device(dev).type == "cuda":
+        tgt.device_bytes, tgt.device_free_bytes = mem.get("total"), mem.get("free")
+    else:
+        tgt.device_bytes = tgt.device_free_bytes = mem.get("free")
+    if meta:
+        limit = meta_time_limit
+        if time_budget is not None:
+            limit = max(0.1, min(limit, time_budget - (time.perf_counter() - t_start)))
+        m = meta_run(fn, target, time_limit=limit, backward=backward)
+        tgt.meta_assumptions = list(m.assumptions)
+        if m.ok:
+            tgt.meta_peak_bytes = int(m.peak_bytes)
+            if m.assumptions:
+                res.warnings.append(f"the meta run at T={target:,} answered {len(m.assumptions)} data-dependent "
+                                    "call(s) with assumptions (see target.meta_assumptions)")
+        else:
+            tgt.meta_skipped_reason = m.skipped_reason
+            res.warnings.append(f"no meta prediction: {m.skipped_reason}")
+    if tgt.peak_bytes is not None and tgt.meta_peak_bytes:
+        a, b = tgt.peak_bytes, float(tgt.meta_peak_bytes)
+        if abs(a - b) > META_DISAGREE * max(a, b):
+            res.warnings.append(f"the fit ({fmt_bytes(a)}) and the meta run ({fmt_bytes(b)}) disagree by "
+                                f"{abs(a - b) / max(a, b):.0%} at T={target:,}: temporaries or caches the meta "
+                                "run does not model, or a law that changes with T")
+    limit = tgt.device_free_bytes
+    pred = tgt.predicted_bytes
+    if limit is not None and pred is not None:
+        tgt.fits = bool(pred <= limit)
+        if mf is not None:
+            inv = mf.inverse(limit)
+            tgt.max_size_that_fits = None if inv is None else int(inv)
+    res.target = tgt

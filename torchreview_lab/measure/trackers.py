@@ -1,0 +1,287 @@
+"""Memory trackers: peak bytes above the baseline while a block runs.
+
+* :class:`ProfilerMemoryTracker` (CPU): the autograd profiler's ``[memory]`` events summed in time
+  order. It sees every allocation of the CPU allocator, kernel temporaries included, and counts only
+  what is allocated (or freed) after it starts, so the running sum *is* "bytes above the baseline".
+* :class:`CudaMemoryTracker` (CUDA): ``reset_peak_memory_stats`` / ``max_memory_allocated`` with a
+  ``synchronize`` on both sides.
+* :class:`LiveStorageTracker` (any device, used on ``meta``): a ``TorchDispatchMode`` that keeps the
+  bytes of live tensor storages created inside it; no real memory is needed on ``meta``. Composite
+  kernels known to make full-size temporaries run through their decomposition so those count too.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+# ---------------------------------------------------------------------------------- device memory
+
+
+def device_memory(device: str) -> Dict[str, Optional[int]]:
+    """``{"total": bytes, "free": bytes}`` of the device (CPU: MemTotal / MemAvailable)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return {"total": None, "free": None}
+        free, total = torch.cuda.mem_get_info(dev.index if dev.index is not None else torch.cuda.current_device())
+        return {"total": int(total), "free": int(free)}
+    if dev.type == "cpu":
+        return _host_memory()
+    return {"total": None, "free": None}
+
+
+def _host_memory() -> Dict[str, Optional[int]]:
+    try:
+        import psutil  # type: ignore
+
+        vm = psutil.virtual_memory()
+        return {"total": int(vm.total), "free": int(vm.available)}
+    except ImportError:
+        pass
+    info: Dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    info[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    total = info.get("MemTotal")
+    free = info.get("MemAvailable", info.get("MemFree"))
+    if total is None:  # macOS and friends without psutil
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            pass
+    return {"total": total, "free": free}
+
+
+# ---------------------------------------------------------------------------------- CPU: profiler
+
+
+class ProfilerMemoryTracker:
+    """Peak CPU allocator bytes above the baseline, from the profiler's memory events.
+
+    Uses the profiler's low-level enable/disable calls (no op-shape recording, no trace export), and
+    falls back to :class:`torch.profiler.profile` when those private calls are unavailable.
+    """
+
+    def __init__(self) -> None:
+        self.peak_bytes: int = 0
+        self.net_bytes: int = 0
+        self._mode = None
+        self._prof = None
+
+    def __enter__(self) -> "ProfilerMemoryTracker":
+        if torch.autograd.profiler._is_profiler_enabled:
+            raise RuntimeError("a torch profiler is already running; the memory tracker needs its own")
+        try:
+            from torch._C._profiler import ProfilerConfig, ProfilerState, _ExperimentalConfig
+            from torch.autograd import ProfilerActivity
+
+            cfg = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())
+            acts = {ProfilerActivity.CPU}
+            torch.autograd._prepare_profiler(cfg, acts)
+            torch.autograd._enable_profiler(cfg, acts)
+            self._mode = "lowlevel"
+        except (ImportError, AttributeError, TypeError, RuntimeError):
+            self._prof = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            )
+            self._prof.__enter__()
+            self._mode = "profiler"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mode == "lowlevel":
+            events = torch.autograd._disable_profiler().events()
+        else:
+            self._prof.__exit__(None, None, None)
+            events = self._prof.profiler.kineto_results.events()
+            self._prof = None
+        mem = [e for e in events if e.name() == "[memory]" and _is_cpu(e)]
+        mem.sort(key=lambda e: e.start_ns())
+        cur = peak = 0
+        for e in mem:
+            cur += e.nbytes()
+            if cur > peak:
+                peak = cur
+        self.peak_bytes, self.net_bytes = int(peak), int(cur)
+        self._mode = None
+
+
+def _is_cpu(event) -> bool:
+    try:
+        return str(event.device_type()).endswith("CPU")
+    except Exception:  # older event objects without a device type
+        return True
+
+
+# ---------------------------------------------------------------------------------- CUDA
+
+
+class CudaMemoryTracker:
+    """Peak CUDA bytes above the baseline (``max_memory_allocated`` after ``reset_peak_memory_stats``)."""
+
+    def __init__(self, device: Any = None) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cuda")
+        self.peak_bytes = 0
+        self.net_bytes = 0
+        self._base = 0
+
+    def __enter__(self) -> "CudaMemoryTracker":
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._base = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize(self.device)
+        self.peak_bytes = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self._base)
+        self.net_bytes = int(torch.cuda.memory_allocated(self.device)) - self._base
+
+
+def real_tracker(device: str):
+    return CudaMemoryTracker(device) if torch.device(device).type == "cuda" else ProfilerMemoryTracker()
+
+
+# ---------------------------------------------------------------------------------- live storages
+
+# Ops whose CPU/CUDA kernels allocate full-size temporaries that their meta kernels do not. On meta
+# they run through a Python function that makes the same allocations as the ATen kernel, inside the
+# mode, so the temporaries are counted. Kept to a short, checked list: decomposing fused kernels
+# (softmax, layer norm) with the generic decompositions would *over*-count what the kernels need.
+
+
+def _logsumexp_like_aten(self, dim, keepdim=False):
+    # aten/src/ATen/native/ReduceOps.cpp logsumexp_out_impl: amax, then (self - maxes).exp_(), sum
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    if not dims:
+        dims = list(range(self.dim()))
+    maxes = torch.amax(self, dims, True)
+    tmp = self - maxes
+    tmp.exp_()
+    out = torch.sum(tmp, dims, keepdim)
+    del tmp
+    out.log_()
+    return out.add_(maxes if keepdim else maxes.reshape(out.shape))
+
+
+_TEMPORARY_MODELS = {"aten::logsumexp": _logsumexp_like_aten}
+
+
+class LiveStorageTracker(TorchDispatchMode):
+    """Tracks the bytes of live storages created by ops run inside it; ``peak_bytes`` is the maximum.
+
+    Storages are keyed by ``untyped_storage()._cdata`` (``data_ptr()`` is 0 on meta) and released
+    with ``weakref.finalize`` and a per-storage token, so ``out=`` resizes cannot corrupt the count.
+    Storages seen first as *inputs* (parameters, buffers, captured tensors) are baseline and never
+    count. ``on_op`` (optional) is called as ``on_op(func, args, kwargs, out)`` after each op;
+    ``answer`` (optional) may return a replacement result for an op (``NotImplemented`` to run it).
+    """
+
+    def __init__(self, decompose: bool = True, on_op: Optional[Callable] = None,
+                 answer: Optional[Callable] = None, record_sites: bool = False) -> None:
+        super().__init__()
+        self.decompose = decompose
+        self.on_op = on_op
+        self.answer = answer
+        self.record_sites = record_sites
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self.ops = 0
+        self._storages: Dict[int, List[Any]] = {}  # cdata -> [token, nbytes, site]
+        self._next_token = 0
+        self._finalizers: List[Any] = []
+
+    # -- bookkeeping
+    def _release(self, cdata: int, token: int) -> None:
+        entry = self._storages.get(cdata)
+        if entry is not None and entry[0] == token:
+            del self._storages[cdata]
+            self.live_bytes -= entry[1]
+
+    def _see(self, t: torch.Tensor, count: bool, site=None) -> None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested, functional wrappers
+            return
+        key = st._cdata
+        nbytes = int(st.nbytes())
+        entry = self._storages.get(key)
+        if entry is not None:
+            if count and entry[1] != nbytes and entry[2] != "baseline":  # resized in place (out=)
+                self.live_bytes += nbytes - entry[1]
+                entry[1] = nbytes
+                self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            return
+        self._next_token += 1
+        token = self._next_token
+        if count:
+            self._storages[key] = [token, nbytes, site]
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        else:
+            self._storages[key] = [token, 0, "baseline"]
+        try:
+            self._finalizers.append(weakref.finalize(st, self._release, key, token))
+        except TypeError:
+            pass
+
+    def live_storages(self) -> List[Any]:
+        """``[(nbytes, site)]`` of counted storages still alive."""
+        return [(e[1], e[2]) for e in self._storages.values() if e[2] != "baseline"]
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        for fin in self._finalizers:
+            fin.detach()
+        self._finalizers.clear()
+        return out
+
+    # -- dispatch
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops += 1
+        flat, _ = tree_flatten((args, kwargs))
+        for a in flat:
+            if isinstance(a, torch.Tensor):
+                self._see(a, count=False)
+        out = NotImplemented
+        if self.answer is not None:
+            out = self.answer(func, args, kwargs)
+        if out is NotImplemented and self.decompose:
+            decomp = self._decomposition(func)
+            if decomp is not None:
+                try:
+                    with self:
+                        out = decomp(*args, **kwargs)
+                except Exception:
+                    out = NotImplemented
+        if out is NotImplemented:
+            out = func(*args, **kwargs)
+        site = None
+        if self.record_sites:
+            from ._frames import user_site
+
+            site = user_site()
+        for o in tree_flatten(out)[0]:
+            if isinstance(o, torch.Tensor):
+                self._see(o, count=True, site=site)
+        if self.on_op is not None:
+            self.on_op(func, args, kwargs, out)
+        return out
+
+    @staticmethod
+    def _decomposition(func) -> Optional[Callable]:
+        if func._overloadname != "default":
+            return None
+        return _TEMPORARY_MODELS.get(func.name())

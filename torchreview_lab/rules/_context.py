@@ -1,0 +1,167 @@
+"""Where code runs: inside an ``nn.Module.forward`` or a ``torch.compile``/``torch.jit.script``
+function (graph context), in a public API function, under a CUDA-availability guard.
+
+Helpers shared by the TR4xx-TR8xx rules; everything resolves through qualified names and is cached
+per review run on ``rule.ctx.cache``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Set
+
+import libcst as cst
+
+from ._torch import dotted_name, enclosing_class, enclosing_function, walk, walk_own
+
+# Decorators / wrappers that compile a function into a graph.
+COMPILERS = frozenset({"torch.compile", "torch.jit.script", "torch.jit.trace", "torch._dynamo.optimize",
+                       "torch.compiler.compile"})
+# Base classes that make a class an nn.Module (any torch.nn class except functional/init helpers).
+_NOT_MODULE_PREFIXES = ("torch.nn.functional", "torch.nn.init", "torch.nn.utils", "torch.nn.parameter")
+
+
+def _base_qnames(rule, cls: cst.ClassDef) -> Set[str]:
+    out: Set[str] = set()
+    for b in cls.bases:
+        out |= rule.qnames(b.value)
+        name = dotted_name(b.value)
+        if name and not rule.qnames(b.value):
+            out.add(name)
+    return out
+
+
+def is_module_class(rule, cls: Optional[cst.ClassDef], _depth: int = 0) -> bool:
+    """True for ``class M(nn.Module)`` / ``class M(nn.Linear)`` / a subclass of a local Module class."""
+    if cls is None or _depth > 4:
+        return False
+    key = ("is-module", id(cls))
+    cache = rule.ctx.cache
+    if key in cache:
+        return cache[key]
+    result = False
+    for q in _base_qnames(rule, cls):
+        if q.startswith("torch.nn.") and not q.startswith(_NOT_MODULE_PREFIXES):
+            result = True
+        elif q in ("nn.Module", "Module", "LightningModule") or q.endswith(".LightningModule"):
+            result = True
+        else:  # a class defined in this document
+            local = q.rsplit(".", 1)[-1]
+            if rule.ctx.module is not None:
+                for c in walk(rule.ctx.module, cst.ClassDef):
+                    if c.name.value == local and c is not cls and is_module_class(rule, c, _depth + 1):
+                        result = True
+                        break
+        if result:
+            break
+    cache[key] = result
+    return result
+
+
+def _compiled_names(rule) -> Set[str]:
+    """Names passed to ``torch.compile(f)`` / ``torch.jit.script(f)`` anywhere in the document."""
+    key = ("compiled-names",)
+    cache = rule.ctx.cache
+    if key not in cache:
+        out: Set[str] = set()
+        if rule.ctx.module is not None:
+            for call in walk(rule.ctx.module, cst.Call):
+                if call.args and rule.qnames(call.func) & COMPILERS and isinstance(call.args[0].value, cst.Name):
+                    out.add(call.args[0].value.value)
+        cache[key] = out
+    return cache[key]
+
+
+def is_compiled_function(rule, fn: cst.FunctionDef) -> bool:
+    for d in fn.decorators:
+        dec = d.decorator.func if isinstance(d.decorator, cst.Call) else d.decorator
+        if rule.qnames(dec) & COMPILERS or (dotted_name(dec) or "") in COMPILERS:
+            return True
+    return fn.name.value in _compiled_names(rule) and enclosing_class(rule, fn) is None
+
+
+def is_forward(rule, fn: Optional[cst.FunctionDef]) -> bool:
+    """``fn`` is the ``forward`` method of an nn.Module subclass."""
+    if fn is None or fn.name.value != "forward":
+        return False
+    parent = rule.parent(rule.parent(fn)) if rule.parent(fn) is not None else None
+    return isinstance(parent, cst.ClassDef) and is_module_class(rule, parent)
+
+
+def graph_function(rule, node: cst.CSTNode) -> Optional[cst.FunctionDef]:
+    """The enclosing ``forward`` / compiled function when ``node`` is traced into a graph, else None."""
+    fn = enclosing_function(rule, node)
+    if fn is None:
+        return None
+    if is_forward(rule, fn) or is_compiled_function(rule, fn):
+        return fn
+    return None
+
+
+def graph_kind(rule, fn: cst.FunctionDef) -> str:
+    return "compiled function" if is_compiled_function(rule, fn) else "forward"
+
+
+def is_public_name(name: str) -> bool:
+    return not name.startswith("_")
+
+
+def public_function(rule, fn: cst.FunctionDef) -> bool:
+    """A top-level public function, or a public method of a public top-level class (not nested,
+    not a test)."""
+    name = fn.name.value
+    if not is_public_name(name) or name.startswith("test"):
+        return False
+    parent = rule.parent(fn)
+    if isinstance(parent, cst.Module):
+        return True
+    if isinstance(parent, cst.IndentedBlock):
+        cls = rule.parent(parent)
+        if isinstance(cls, cst.ClassDef) and isinstance(rule.parent(cls), cst.Module):
+            return is_public_name(cls.name.value) and not cls.name.value.startswith("Test")
+    return False
+
+
+def under_cuda_guard(rule, node: cst.CSTNode) -> bool:
+    """True when ``node`` sits in an ``if``/conditional expression that checks CUDA availability
+    or the tensor's device (``torch.cuda.is_available()``, ``x.is_cuda``, ``device.type == "cuda"``)."""
+    for a in rule.ancestors(node):
+        test = a.test if isinstance(a, (cst.If, cst.IfExp, cst.While)) else None
+        if test is not None:
+            text = rule.code_for(test)
+            if "is_available" in text or "is_cuda" in text or "device_count" in text or ".type" in text \
+                    or "cuda" in text.lower():
+                return True
+        if isinstance(a, (cst.FunctionDef, cst.ClassDef)):
+            # a function whose name says it is about CUDA (``def cuda(self)``, ``def to_gpu``)
+            if isinstance(a, cst.FunctionDef) and ("cuda" in a.name.value.lower() or "gpu" in a.name.value.lower()):
+                return True
+    return False
+
+
+def only_statement_kinds(body: cst.BaseSuite) -> list:
+    """The simple statements of an indented block (compound statements returned as they are)."""
+    out = []
+    stmts = body.body if isinstance(body, cst.IndentedBlock) else [body]
+    for s in stmts:
+        if isinstance(s, cst.SimpleStatementLine):
+            out.extend(s.body)
+        elif isinstance(s, cst.SimpleStatementSuite):
+            out.extend(s.body)
+        else:
+            out.append(s)
+    return out
+
+
+def docstring_of(node) -> Optional[str]:
+    try:
+        return node.get_docstring()
+    except Exception:
+        return None
+
+
+def first_param_names(fn: cst.FunctionDef) -> list:
+    p = fn.params
+    return [x.name.value for x in list(p.posonly_params) + list(p.params) + list(p.kwonly_params)]
+
+
+def own_calls(fn: cst.FunctionDef):
+    return walk_own(fn.body, cst.Call)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import libcst as cst
+
+from ..findings import Fix
+from ._flow import graph_reason, in_no_grad, scope_of
+from ._torch import enclosing_loops, in_loop_body, walk_own
+from .base import Invalid, Rule
+
+
+class GraphAccumulatedInLoop(Rule):
+    """A graph-carrying tensor (a loss) is accumulated across loop iterations.
+
+    What it does:
+        Flags ``history.append(loss)``, ``total += loss`` and ``total = total + loss`` inside a loop
+        when ``loss`` still carries its autograd graph: ``.backward()`` is called on it, or it comes
+        from a model/criterion/loss-function call (or a reduction of one) and was not turned into a
+        number with ``.item()`` or cut from the graph with ``.detach()``.
+
+    Why is this bad:
+        A tensor that requires grad keeps its whole computation graph alive, and with it every
+        activation saved for backward. Keeping one per step means memory grows linearly with the
+        number of steps (a "leak" that ends in an out-of-memory error hours into training), and
+        ``total += loss`` even chains the graphs of all steps together.
+
+    Example:
+        for x, y in loader:
+            loss = criterion(model(x), y)
+            loss.backward()
+            history.append(loss)
+
+    Use instead:
+        history.append(loss.item())      # a Python float
+        # or history.append(loss.detach()) to keep a tensor without its graph
+    """
+
+    code = "TR151"
+    title = "Loss tensor accumulated across iterations keeps every graph alive"
+    category = "memory-correctness"
+    severity = {"research": "high", "production": "high"}
+    autofix = True
+    VALID = [
+        "def fit(model, data, opt):\n    history = []\n    for x, y in data:\n        loss = ((model(x) - y) ** 2).mean()\n        loss.backward()\n        history.append(loss.item())\n    return history\n",
+        "import torch\ndef evaluate(model, data):\n    total = 0.0\n    with torch.no_grad():\n        for x, y in data:\n            loss = model(x).sum()\n            total += loss\n    return total\n",
+        "def f(data):\n    out = []\n    for x in data:\n        y = x * 2\n        out.append(y)\n    return out\n",
+        "def fit(model, data):\n    for x, y in data:\n        losses = []\n        loss = model(x).mean()\n        losses.append(loss)\n        sum(losses).backward()\n",
+        "def fit(model, data):\n    total = 0\n    for x, y in data:\n        loss = model(x).mean()\n        loss.backward()\n        total += loss.detach()\n    return total\n",
+    ]
+    INVALID = [
+        Invalid("def fit(model, data, opt):\n    history = []\n    for x, y in data:\n        loss = ((model(x) - y) ** 2).mean()\n        loss.backward()\n        history.append(loss)\n    return history\n",
+                line=6,
+                expected_fix="def fit(model, data, opt):\n    history = []\n    for x, y in data:\n        loss = ((model(x) - y) ** 2).mean()\n        loss.backward()\n        history.append(loss.item())\n    return history\n"),
+        Invalid("import torch.nn.functional as F\ndef fit(net, data):\n    total = 0.0\n    for x, y in data:\n        loss = F.cross_entropy(net(x), y)\n        total += loss\n    return total / len(data)\n", line=6),
+        Invalid("import torch\nlosses = []\nfor i in range(10):\n    x = torch.randn(4, requires_grad=True)\n    loss = (x ** 2).sum()\n    loss.backward()\n    losses.append(loss)\n", line=7),
+        Invalid("def run(model, batches):\n    running = 0\n    for b in batches:\n        out = model(b)\n        running = running + out.mean()\n    return running\n", line=5),
+    ]
+
+    def visit_Call(self, node: cst.Call) -> None:
+        if not (isinstance(node.func, cst.Attribute) and node.func.attr.value == "append" and len(node.args) == 1):
+            return
+        acc = node.func.value
+        self._check(node, acc, node.args[0].value,
+                    lambda new: node.with_changes(args=[node.args[0].with_changes(value=new)]))
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        if isinstance(node.operator, cst.AddAssign):
+            self._check(node, node.target, node.value, lambda new: node.with_changes(value=new))
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        if len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
+            return
+        v = node.value
+        if isinstance(v, cst.BinaryOperation) and isinstance(v.operator, cst.Add) and isinstance(v.left, cst.Name) \
+                and v.left.value == node.targets[0].target.value:
+            self._check(node, v.left, v.right, lambda new: node.with_changes(value=v.with_changes(right=new)))
+
+    def _check(self, node, acc, value, rebuild) -> None:
+        if not in_loop_body(self, node) or in_no_grad(self, node):
+            return
+        loops = [lp for lp in enclosing_loops(self, node) if isinstance(lp, (cst.For, cst.While))]
+        if not loops or self._reset_in_loop(acc, loops[0]):
+            return
+        fn, scope = scope_of(self, node)
+        if scope is None:
+            return
+        reason = graph_reason(self, fn, scope, value)
+        if not reason:
+            return
+        v = self.code_for(value)
+        scalar = isinstance(value, cst.Name) and ("backward" in reason or ".mean()" in reason or "loss" in v.lower())
+        new_code = f"{v}.item()" if scalar or "backward" in reason else f"{v}.detach()"
+        new_value = cst.parse_expression(new_code if isinstance(value, (cst.Name, cst.Call, cst.Attribute, cst.Subscript))
+                                         else f"({v}).detach()")
+        self.report(
+            node,
+            problem=(f"`{self.code_for(node).strip()}` keeps `{v}` across loop iterations while it still carries "
+                     f"its autograd graph ({reason})."),
+            impact=("Each kept tensor holds its whole graph and the activations saved for backward, so memory grows "
+                    "with every step until the process runs out of memory; `+=` even chains all steps' graphs."),
+            replacement=rebuild(new_value),
+            evidence={"reason": reason},
+        )
+
+    def _reset_in_loop(self, acc, loop) -> bool:
+        """The accumulator is (re)created inside the loop: not an accumulation across iterations."""
+        name = acc.value if isinstance(acc, cst.Name) else None
+        if name is None:
+            return False
+        for n in walk_own(loop.body, cst.Assign):
+            if any(isinstance(t.target, cst.Name) and t.target.value == name for t in n.targets):
+                if not (isinstance(n.value, cst.BinaryOperation) and isinstance(n.value.left, cst.Name)
+                        and n.value.left.value == name):
+                    return True
+        return False

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from typing import Optional, Set
+
+import libcst as cst
+
+from ..findings import Fix
+from ._torch import (
+    _target_names,
+    enclosing_loops,
+    in_loop_body,
+    is_method_call,
+    loop_targets,
+    method_call,
+    walk,
+)
+from .base import Invalid, Rule
+
+_MOVES = frozenset({"to", "cuda", "cpu"})
+
+
+def _assigned_in(loop: cst.CSTNode) -> Set[str]:
+    out: Set[str] = set(loop_targets(loop))
+    for n in walk(loop):
+        if isinstance(n, cst.Assign):
+            for t in n.targets:
+                out |= set(_target_names(t.target))
+        elif isinstance(n, (cst.AugAssign, cst.AnnAssign)) and isinstance(n.target, cst.Name):
+            out.add(n.target.value)
+        elif isinstance(n, (cst.For,)):
+            out |= set(_target_names(n.target))
+        elif isinstance(n, cst.NamedExpr) and isinstance(n.target, cst.Name):
+            out.add(n.target.value)
+        elif isinstance(n, cst.WithItem) and n.asname is not None:
+            out |= set(_target_names(n.asname.name))
+    return out
+
+
+def loop_invariant_name(rule, node: cst.CSTNode, receiver: cst.BaseExpression) -> Optional[str]:
+    """The receiver's name when it is a plain name that no enclosing loop (re)binds."""
+    if not isinstance(receiver, cst.Name) or receiver.value in ("self", "cls"):
+        return None
+    loops = [lp for lp in enclosing_loops(rule, node) if isinstance(lp, (cst.For, cst.While))]
+    if not loops:
+        return None
+    name = receiver.value
+    for lp in loops:
+        if name in _assigned_in(lp):
+            return None
+    return name
+
+
+class TransferInLoop(Rule):
+    """The same tensor is copied between devices on every loop step.
+
+    What it does:
+        Flags ``x.to(device)``, ``x.cuda()`` and ``x.cpu()`` inside a loop body when ``x`` is not
+        rebound by the loop: the same data is transferred again on every iteration.
+
+    Why is this bad:
+        Each call is a full copy across PCIe (and a host sync for ``.cpu()``), repeated for data
+        that has not changed. It costs bandwidth and latency proportional to the number of steps
+        for no benefit.
+
+    Example:
+        for step in range(steps):
+            loss = criterion(model(x.to(device)), y.to(device))
+
+    Use instead:
+        x, y = x.to(device), y.to(device)   # once, before the loop
+        for step in range(steps):
+            loss = criterion(model(x), y)
+    """
+
+    code = "TR403"
+    title = "Loop-invariant tensor transferred every step"
+    category = "device-handling"
+    severity = {"research": "medium", "production": "medium"}
+    VALID = [
+        "def f(xs, device):\n    for x in xs:\n        x = x.to(device)\n    return x\n",
+        "def f(x, device, steps):\n    x = x.to(device)\n    for _ in range(steps):\n        x = x * 2\n    return x\n",
+        "def f(x, steps):\n    for i in range(steps):\n        x = x + 1\n        y = x.cpu()\n    return y\n",
+    ]
+    INVALID = [
+        Invalid("def train(model, x, y, device, steps):\n    for _ in range(steps):\n        out = model(x.to(device))\n    return out\n", line=3),
+        Invalid("def ev(model, w, n):\n    r = []\n    for i in range(n):\n        r.append(model(i) * w.cpu())\n    return r\n", line=4),
+    ]
+
+    def visit_Call(self, node: cst.Call) -> None:
+        meth = is_method_call(self, node, _MOVES)
+        if meth is None or not in_loop_body(self, node):
+            return
+        if meth == "to" and not node.args:
+            return
+        if meth == "to" and all(a.keyword is not None and a.keyword.value in ("dtype", "memory_format")
+                                for a in node.args):
+            return  # a dtype cast, not a transfer
+        mc = method_call(node)
+        name = loop_invariant_name(self, node, mc[0]) if mc else None
+        if name is None:
+            return
+        call = self.code_for(node)
+        self.report(
+            node,
+            problem=f"`{call}` copies `{name}`, which the loop never changes, on every iteration.",
+            impact=("One full device copy per step for the same data (and a host sync for `.cpu()`): bandwidth "
+                    "and latency grow with the number of steps for no benefit."),
+            fix=Fix(before=call, after=f"{name}_dev = {call}  # once, before the loop\n# use {name}_dev inside the loop"),
+        )

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import libcst as cst
+
+from ..findings import Fix
+from ._context import graph_function
+from ._knowledge import STRICT_SYNC_METHODS
+from ._torch import in_loop_body, is_method_call, method_call, torch_function
+from .base import Invalid, Rule
+
+_EXPLAIN = {
+    "item": "reads one value back to Python",
+    "tolist": "copies the tensor into Python objects",
+    "numpy": "needs a host copy",
+    "cpu": "copies the tensor to host memory",
+    "nonzero": "has a data-dependent output size, so the host must wait for the count",
+}
+
+
+def sync_method(rule, node: cst.Call) -> Optional[str]:
+    """``item``/``tolist``/``numpy``/``cpu``/``nonzero`` for a syncing method or ``torch.nonzero`` call."""
+    m = is_method_call(rule, node, STRICT_SYNC_METHODS)
+    if m:
+        return m
+    if torch_function(rule, node) == "nonzero":
+        return "nonzero"
+    return None
+
+
+def outer_of_chain(rule, node: cst.Call) -> bool:
+    """True when ``node`` is not the receiver of another syncing call (report ``.cpu().numpy()`` once)."""
+    p = rule.parent(node)
+    if isinstance(p, cst.Attribute) and p.value is node:
+        gp = rule.parent(p)
+        if isinstance(gp, cst.Call) and sync_method(rule, gp):
+            return False
+    return True
+
+
+def chain_methods(rule, node: cst.Call) -> list:
+    out = []
+    cur = node
+    while isinstance(cur, cst.Call) and sync_method(rule, cur):
+        out.append(sync_method(rule, cur))
+        mc = method_call(cur)
+        cur = mc[0] if mc else None
+    return list(reversed(out))
+
+
+class SyncInLoop(Rule):
+    """A host-device synchronisation runs on every loop step.
+
+    What it does:
+        Flags ``.item()``, ``.tolist()``, ``.numpy()``, ``.cpu()`` and ``.nonzero()`` inside a loop
+        body (``.cpu().numpy()`` chains are reported once).
+
+    Why is this bad:
+        On CUDA each of these blocks the host until every queued kernel has finished and then
+        copies data back. Once per step, the GPU idles between steps while Python waits, and the
+        loop runs at the speed of the round trip instead of the speed of the kernels.
+
+    Example:
+        for x in loader:
+            y = model(x).cpu().numpy()
+            total += loss.item()
+
+    Use instead:
+        outs = []
+        for x in loader:
+            outs.append(model(x).detach())   # stays on the device
+            total += loss.detach()           # accumulate on the device
+        y = torch.cat(outs).cpu().numpy()    # one sync after the loop
+    """
+
+    code = "TR404"
+    title = "Host-device sync inside a loop"
+    category = "performance-patterns"
+    severity = {"research": "medium", "production": "medium"}
+    VALID = [
+        "import torch\ndef run(model, xs):\n    outs = [model(x).detach() for x in xs]\n    return torch.cat(outs).cpu().numpy()\n",
+        "def total(losses):\n    s = 0\n    for l in losses:\n        s = s + l.detach()\n    return s.item()\n",
+        "import torch\nclass M(torch.nn.Module):\n    def forward(self, xs):\n        for x in xs:\n            v = x.item()\n        return v\n",
+    ]
+    INVALID = [
+        Invalid("def step(model, batch):\n    for x in batch:\n        y = model(x).cpu().numpy()\n    return y\n", line=3),
+        Invalid("def fit(losses):\n    t = 0.0\n    for loss in losses:\n        t += loss.item()\n    return t\n", line=4),
+        Invalid("import torch\ndef f(xs):\n    i = 0\n    while i < 3:\n        idx = torch.nonzero(xs[i])\n        i += 1\n    return idx\n", line=5),
+    ]
+
+    def visit_Call(self, node: cst.Call) -> None:
+        meth = sync_method(self, node)
+        if meth is None or not outer_of_chain(self, node) or not in_loop_body(self, node):
+            return
+        if graph_function(self, node) is not None and meth in ("item", "tolist", "numpy", "nonzero"):
+            return  # the TR5xx graph-break rules report these with the loop noted
+        if meth == "cpu" and self._loop_invariant_receiver(node):
+            return  # TR403 reports the copy of a loop-invariant tensor
+        chain = chain_methods(self, node)
+        calls = "".join(f".{c}()" for c in chain)
+        why = "; ".join(_EXPLAIN[c] for c in dict.fromkeys(chain))
+        self.report(
+            node,
+            problem=f"`{self.code_for(node)}` runs on every loop step: `{calls}` {why}.",
+            impact=("Each step blocks the host until the GPU queue drains and copies data back: the GPU idles "
+                    "between steps and throughput drops to the speed of the round trip."),
+            fix=Fix(before=self.code_for(node),
+                    after="# keep per-step values on the device (detach(), torch.stack/cat),\n"
+                          "# convert once after the loop: torch.stack(vals).cpu().numpy()"),
+            severity="medium",
+            evidence={"chain": chain},
+        )
+
+    def _loop_invariant_receiver(self, node: cst.Call) -> bool:
+        from .tr403_transfer_in_loop import loop_invariant_name
+
+        mc = method_call(node)
+        return mc is not None and loop_invariant_name(self, node, mc[0]) is not None

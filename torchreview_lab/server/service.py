@@ -1,0 +1,270 @@
+"""The one object that does the server's work: validate a request, locate the file under the
+server root, run the (CPU-bound) review off the event loop, and shape the JSON reply.
+
+Errors are raised, never written: :class:`BadRequest` (400), :class:`NotFound` (404), the
+engine's ``InputError`` (400) and ``FileNotFoundError`` (404); the handlers map them to statuses
+in one place (:func:`torchreview_lab.server.handlers.error_status`).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from ..findings import SEVERITIES, STANDARDS, Finding, review_json_schema, summarize
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message names what is wrong."""
+
+
+class NotFound(LookupError):
+    """The file does not exist under the server root (or is not reachable from it)."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_api_path(path: Any, what: str = "path") -> str:
+    """A normalised path relative to the server root, or :class:`BadRequest`.
+
+    Absolute paths, ``~`` and ``..`` segments are refused outright: a review can only read files
+    under the root the server was started in.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise BadRequest(f"'{what}' must be a non-empty string (a path relative to the server root); got {path!r}")
+    if "\x00" in path:
+        raise BadRequest(f"'{what}' contains a NUL character")
+    p = path.replace("\\", "/")
+    if p.startswith("/") or p.startswith("~") or _DRIVE.match(p):
+        raise BadRequest(f"'{what}' {path!r} is absolute: give a path relative to the server root")
+    parts = [s for s in p.split("/") if s not in ("", ".")]
+    if ".." in parts:
+        raise BadRequest(f"'{what}' {path!r} leaves the server root ('..' is not allowed)")
+    if not parts:
+        raise BadRequest(f"'{what}' {path!r} names the server root, not a file")
+    return "/".join(parts)
+
+
+def _severities(rule: Any) -> Dict[str, Optional[str]]:
+    sev = getattr(rule, "severity", None)
+    if isinstance(sev, dict):
+        return {s: sev.get(s) for s in STANDARDS}
+    return {s: sev for s in STANDARDS}
+
+
+def _first_paragraph(doc: Optional[str]) -> str:
+    if not doc:
+        return ""
+    text = doc.strip().split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in text.splitlines())
+
+
+def filter_ignored(data: Dict[str, Any], ignore: List[str]) -> Dict[str, Any]:
+    """Drop findings whose rule code starts with any of ``ignore`` and recount the summary."""
+    if not ignore:
+        return data
+    prefixes = tuple(code.upper() for code in ignore)
+    kept = [f for f in data.get("findings", []) if not str(f.get("rule", "")).upper().startswith(prefixes)]
+    summary = data.get("summary") or {}
+    new_summary = summarize(
+        [Finding.from_json(dict(f)) for f in kept],
+        files=summary.get("files", 1),
+        standard=summary.get("standard", "research"),
+    )
+    return {**data, "findings": kept, "summary": new_summary}
+
+
+class ReviewService:
+    """Reviews files under the contents manager's root and live notebook cells."""
+
+    def __init__(self, contents_manager: Any, log: Any = None, max_workers: int = 2) -> None:
+        self.cm = contents_manager
+        self.log = log
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="torchreview")
+
+    # -- requests ----------------------------------------------------------------------------
+    async def review(self, body: Any) -> Dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest(f"request body must be a JSON object with 'path' or 'cells'; got {type(body).__name__}")
+        standard = body.get("standard")  # None: the project's [tool.torchreview] standard, else research
+        if standard is not None:
+            if not isinstance(standard, str) or standard.lower() not in STANDARDS:
+                raise BadRequest(f"unknown standard {standard!r}: expected one of {', '.join(STANDARDS)}")
+            standard = standard.lower()
+        ignore = body.get("ignore") or []
+        if not isinstance(ignore, list) or not all(isinstance(c, str) for c in ignore):
+            raise BadRequest(f"'ignore' must be a list of rule codes (e.g. [\"TR101\"]); got {ignore!r}")
+        language = body.get("language")
+        if language is not None and not isinstance(language, str):
+            raise BadRequest(f"'language' must be a string such as 'python'; got {language!r}")
+
+        if "cells" in body and body["cells"] is not None:
+            data = await self._review_cells(body["cells"], body.get("path"), standard, language)
+        elif body.get("path") is not None:
+            data = await self._review_file(body["path"], standard)
+        else:
+            raise BadRequest(
+                "request body needs 'path' (a file under the server root) or 'cells' (notebook cells to review)"
+            )
+        return filter_ignored(data, ignore)
+
+    async def rules(self) -> Dict[str, Any]:
+        try:
+            from ..rules import all_rules
+        except ImportError:  # the registry is optional for the server
+            rules: List[Any] = []
+        else:
+            rules = await self._run(all_rules)
+        return {
+            "rules": [
+                {
+                    "code": r.code,
+                    "title": getattr(r, "title", ""),
+                    "category": getattr(r, "category", ""),
+                    "severities": _severities(r),
+                    "autofix": bool(getattr(r, "autofix", False)),
+                    "summary": _first_paragraph(r.__doc__),
+                }
+                for r in rules
+            ],
+            "standards": list(STANDARDS),
+            "severities": list(SEVERITIES),
+        }
+
+    def schema(self) -> Dict[str, Any]:
+        return review_json_schema()
+
+    # -- work ----------------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def _os_path(self, api_path: str) -> Optional[str]:
+        """The OS path of ``api_path`` for a file-backed contents manager (None otherwise).
+
+        Follows symlinks and refuses anything whose real location is outside the real root.
+        """
+        root = getattr(self.cm, "root_dir", None)
+        get_os_path = getattr(self.cm, "_get_os_path", None)
+        if not root or get_os_path is None:
+            return None
+        os_path = get_os_path(api_path)  # raises HTTPError(404) for paths outside the root
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(os_path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise NotFound(f"{api_path!r} is outside the server root")
+        return os_path
+
+    def _check_visible(self, api_path: str, os_path: str) -> None:
+        from jupyter_core.paths import is_hidden
+
+        if not getattr(self.cm, "allow_hidden", False) and is_hidden(os_path, os.path.abspath(self.cm.root_dir)):
+            raise NotFound(f"{api_path!r} is hidden (or inside a hidden folder) and cannot be reviewed")
+
+    async def _review_file(self, path: Any, standard: Optional[str]) -> Dict[str, Any]:
+        api_path = check_api_path(path)
+        os_path = self._os_path(api_path)
+        if os_path is None:
+            return await self._review_via_contents(api_path, standard)
+        if not os.path.exists(os_path):
+            raise NotFound(f"no such file under the server root: {api_path}")
+        if os.path.isdir(os_path):
+            raise BadRequest(f"{api_path!r} is a directory: give a notebook (.ipynb) or a Python file (.py)")
+        self._check_visible(api_path, os_path)
+        from ..engine import review_path
+
+        return await self._run(_review_and_relabel, review_path, os_path, api_path, standard)
+
+    async def _review_via_contents(self, api_path: str, standard: Optional[str]) -> Dict[str, Any]:
+        """Non file-backed contents managers: fetch the content, review a temporary copy."""
+        from jupyter_server.utils import ensure_async
+
+        try:
+            model = await ensure_async(self.cm.get(api_path, content=True))
+        except Exception as exc:  # the contents manager's own HTTPError(404) etc.
+            if getattr(exc, "status_code", None) == 404:
+                raise NotFound(f"no such file under the server root: {api_path}") from None
+            raise
+        if model["type"] == "directory":
+            raise BadRequest(f"{api_path!r} is a directory: give a notebook (.ipynb) or a Python file (.py)")
+        if model["type"] == "notebook":
+            import nbformat
+
+            text = nbformat.writes(nbformat.from_dict(model["content"]))
+        elif model.get("format") == "text":
+            text = model["content"]
+        else:
+            raise BadRequest(f"{api_path!r} is a binary file, not a notebook or Python source")
+        from ..engine import review_path
+
+        with tempfile.TemporaryDirectory(prefix="torchreview-") as tmp:
+            tmp_path = os.path.join(tmp, os.path.basename(api_path))
+            with open(tmp_path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            return await self._run(_review_and_relabel, review_path, tmp_path, api_path, standard)
+
+    async def _review_cells(self, cells: Any, path: Any, standard: Optional[str], language: Optional[str]) -> Dict[str, Any]:
+        if not isinstance(cells, list):
+            raise BadRequest(
+                f"'cells' must be a list of notebook cells (objects with cell_type and source); got {type(cells).__name__}"
+            )
+        for i, cell in enumerate(cells):
+            if not isinstance(cell, dict):
+                raise BadRequest(f"cells[{i}] must be an object with 'cell_type' and 'source'; got {type(cell).__name__}")
+        api_path = check_api_path(path if path is not None else "untitled.ipynb")
+        # Project settings ([tool.torchreview] in a pyproject.toml above the notebook) apply to
+        # live content as they do to the saved file.
+        config = None
+        try:
+            os_path = self._os_path(api_path)
+        except Exception:  # noqa: BLE001 - the path is only a label here
+            os_path = None
+        if os_path is not None:
+            from ..config import find_config
+
+            config = await self._run(find_config, Path(os_path))
+        from ..engine import review_cells
+
+        review = await self._run(review_cells, cells, api_path, standard=standard, language=language, config=config)
+        return review.to_json()
+
+
+def _relabel(data: Dict[str, Any], os_path: str, api_path: str) -> Dict[str, Any]:
+    if os_path == api_path:
+        return data
+    for f in data.get("findings", []):
+        if f.get("path") == os_path:
+            f["path"] = api_path
+    for key in ("observations", "errors"):
+        if key in data:
+            data[key] = [s.replace(os_path, api_path) if isinstance(s, str) else s for s in data[key]]
+    return data
+
+
+def _relabel_error(exc: BaseException, os_path: str, api_path: str) -> BaseException:
+    """The same error with the server's OS path replaced by the client's API path."""
+    if os_path != api_path and os_path in str(exc):
+        try:
+            return type(exc)(str(exc).replace(os_path, api_path))
+        except Exception:  # noqa: BLE001 - exotic exception signatures: keep the original
+            return exc
+    return exc
+
+
+def _review_and_relabel(review_path: Callable[..., Any], os_path: str, api_path: str, standard: Optional[str]) -> Dict[str, Any]:
+    from ..source import InputError
+
+    try:
+        review = review_path(os_path, standard=standard)
+    except (InputError, FileNotFoundError) as exc:
+        new = _relabel_error(exc, os_path, api_path)
+        if new is exc:
+            raise
+        raise new from None
+    return _relabel(review.to_json(), os_path, api_path)
