@@ -55,7 +55,7 @@ function notebookTarget(panel: NotebookPanel): IReviewTarget {
       }
       const info = model.getMetadata('language_info') as { name?: string } | undefined;
       const spec = model.getMetadata('kernelspec') as { language?: string } | undefined;
-      return info?.name ?? spec?.language ?? null;
+      return info?.name || spec?.language || null; // '' until a kernel reports it
     }
   };
 }

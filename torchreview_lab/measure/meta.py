@@ -60,16 +60,17 @@ def _where() -> str:
 class _Shim(TorchFunctionMode):
     """Answers what meta cannot (values) and keeps every tensor on meta."""
 
-    def __init__(self, record: Callable[[str], None], deadline: float) -> None:
+    def __init__(self, record: Callable[[str], None], deadline: float, redirect_factories: bool = True) -> None:
         super().__init__()
         self.record = record
         self.deadline = deadline
+        self.redirect_factories = redirect_factories
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if time.perf_counter() > self.deadline:
             raise MetaSkip("time limit reached (a Python loop over T?)")
-        if func in _FACTORIES:
+        if func in _FACTORIES and self.redirect_factories:
             dev = kwargs.get("device")
             if dev is not None and torch.device(dev).type != "meta":
                 self.record(f"{getattr(func, '__name__', func)}(device={str(dev)!r}) redirected to meta{_where()}")

@@ -16,7 +16,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 
 from ._format import fmt_bytes, fmt_seconds
-from ._harness import call_harness, harness_name, run_backward, single_thread
+from ._harness import call_harness, frozen_heap, harness_name, run_backward, single_thread
 from .fit import R2_POOR, PowerLawFit, fit_power_law
 from .meta import meta_run
 from .result import Point, ScalingResult, TargetPrediction
@@ -114,10 +114,10 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
     stop: Optional[str] = None
     stop_kind = ""
 
-    with single_thread(dev):
+    with single_thread(dev), frozen_heap():
         for size in sizes:
             if stop:
-                res.skipped.append({"size": size, "reason": stop, "kind": stop_kind})
+                res.skipped.append({"size": size, "reason": stop, "kind": "stopped"})
                 continue
             elapsed = time.perf_counter() - t_start
             # ---- time budget: stop when spent, or when the next size would overrun it
@@ -162,7 +162,8 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
 
     _fit(res)
     if target is not None:
-        _predict_target(fn, res, int(target), dev, mem, backward, meta, meta_time_limit, t_start, time_budget)
+        with frozen_heap():
+            _predict_target(fn, res, int(target), dev, mem, backward, meta, meta_time_limit, t_start, time_budget)
     return res
 
 

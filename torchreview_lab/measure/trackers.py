@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from typing import Any, Callable, Dict, List, Optional
 
@@ -89,8 +90,9 @@ class ProfilerMemoryTracker:
 
             cfg = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())
             acts = {ProfilerActivity.CPU}
-            torch.autograd._prepare_profiler(cfg, acts)
-            torch.autograd._enable_profiler(cfg, acts)
+            with _quiet_stderr():
+                torch.autograd._prepare_profiler(cfg, acts)
+                torch.autograd._enable_profiler(cfg, acts)
             self._mode = "lowlevel"
         except (ImportError, AttributeError, TypeError, RuntimeError):
             self._prof = torch.profiler.profile(
@@ -102,7 +104,8 @@ class ProfilerMemoryTracker:
 
     def __exit__(self, *exc) -> None:
         if self._mode == "lowlevel":
-            events = torch.autograd._disable_profiler().events()
+            with _quiet_stderr():
+                events = torch.autograd._disable_profiler().events()
         else:
             self._prof.__exit__(None, None, None)
             events = self._prof.profiler.kineto_results.events()
@@ -116,6 +119,30 @@ class ProfilerMemoryTracker:
                 peak = cur
         self.peak_bytes, self.net_bytes = int(peak), int(cur)
         self._mode = None
+
+
+class _quiet_stderr:
+    """Silence file descriptor 2 around the profiler's start/stop: kineto prints a
+    ``profiler_start``/``profiler_stop`` line there from C++ on every use."""
+
+    def __enter__(self):
+        self._saved = None
+        if os.environ.get("TORCHREVIEW_PROFILER_LOGS"):
+            return self
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
 
 
 def _is_cpu(event) -> bool:

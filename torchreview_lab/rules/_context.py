@@ -97,7 +97,16 @@ def graph_function(rule, node: cst.CSTNode) -> Optional[cst.FunctionDef]:
 
 
 def graph_kind(rule, fn: cst.FunctionDef) -> str:
+    """Legacy: "compiled function" or "forward"."""
     return "compiled function" if is_compiled_function(rule, fn) else "forward"
+
+
+def graph_where(rule, fn: cst.FunctionDef) -> str:
+    """"`Block.forward`" or "compiled function `f`", for messages."""
+    if is_compiled_function(rule, fn):
+        return f"compiled function `{fn.name.value}`"
+    cls = enclosing_class(rule, fn)
+    return f"`{cls.name.value}.forward`" if cls is not None else "`forward`"
 
 
 def is_public_name(name: str) -> bool:
@@ -165,3 +174,41 @@ def first_param_names(fn: cst.FunctionDef) -> list:
 
 def own_calls(fn: cst.FunctionDef):
     return walk_own(fn.body, cst.Call)
+
+
+# Methods whose contract the base class documents (nn.Module, Lightning, datasets): an override
+# needs no docstring of its own when the class has one.
+DOCUMENTED_OVERRIDES = frozenset({
+    "forward", "extra_repr", "reset_parameters", "training_step", "validation_step", "test_step",
+    "predict_step", "configure_optimizers", "setup", "teardown", "step", "zero_grad", "state_dict",
+    "load_state_dict", "train", "eval", "backward", "sample", "rsample", "log_prob", "entropy",
+    "cdf", "icdf", "expand", "mean", "variance", "support", "arg_constraints", "run", "get_config",
+    "from_config", "update", "compute", "reset", "__call__",
+})
+
+
+def is_overload_or_setter(rule, fn: cst.FunctionDef) -> bool:
+    for d in fn.decorators:
+        dec = d.decorator.func if isinstance(d.decorator, cst.Call) else d.decorator
+        text = rule.code_for(dec)
+        if text.endswith((".setter", ".deleter", "overload", "override")) or "abstractmethod" in text:
+            return True
+    return False
+
+
+def public_defs(module: cst.Module):
+    """Yield ``(fn, cls)`` for public top-level functions (cls None) and public methods of public
+    top-level classes; skips dunders, ``_private`` names and tests."""
+    for stmt in module.body:
+        if isinstance(stmt, cst.FunctionDef):
+            n = stmt.name.value
+            if is_public_name(n) and not n.startswith("test"):
+                yield stmt, None
+        elif isinstance(stmt, cst.ClassDef):
+            cn = stmt.name.value
+            if not is_public_name(cn) or cn.startswith("Test"):
+                continue
+            body = stmt.body.body if isinstance(stmt.body, cst.IndentedBlock) else []
+            for s in body:
+                if isinstance(s, cst.FunctionDef) and is_public_name(s.name.value):
+                    yield s, stmt

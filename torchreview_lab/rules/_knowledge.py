@@ -59,3 +59,20 @@ DATA_DEPENDENT_FUNCTIONS = frozenset({
     "any", "all", "equal", "allclose", "isnan", "isinf", "isfinite", "count_nonzero", "sum", "mean",
     "max", "min", "norm", "linalg.norm", "argmax", "argmin", "median", "amax", "amin",
 })
+
+# -- autograd: what saves which tensors for backward (used by in-place rules, TR152) ----------
+# Ops whose backward reads their *output*: modifying the output in place breaks backward.
+SAVES_OUTPUT = frozenset({"exp", "sigmoid", "tanh", "softmax", "log_softmax", "sqrt", "rsqrt", "relu",
+                          "nn.functional.relu", "nn.functional.softmax", "nn.functional.log_softmax",
+                          "nn.functional.sigmoid", "nn.functional.tanh", "special.expit", "exp2", "pow"})
+SAVES_OUTPUT_METHODS = frozenset({"exp", "sigmoid", "tanh", "softmax", "log_softmax", "sqrt", "rsqrt", "relu"})
+# Ops whose backward reads their *inputs* (both operands for products, the base for log/pow/trig).
+SAVES_INPUT = frozenset({"mul", "matmul", "mm", "bmm", "div", "log", "pow", "sin", "cos", "einsum", "prod",
+                         "nn.functional.linear", "log1p", "reciprocal", "atan2", "outer"})
+# In-place tensor methods (a trailing underscore, listed so data such as ``requires_grad_`` is excluded).
+INPLACE_METHODS = frozenset({"add_", "sub_", "mul_", "div_", "pow_", "exp_", "log_", "clamp_", "clamp_min_",
+                             "clamp_max_", "zero_", "fill_", "copy_", "masked_fill_", "masked_scatter_",
+                             "scatter_", "scatter_add_", "index_add_", "index_fill_", "index_copy_", "neg_",
+                             "abs_", "sqrt_", "sigmoid_", "tanh_", "relu_", "addcmul_", "addcdiv_", "lerp_",
+                             "uniform_", "normal_", "fill_diagonal_", "tril_", "triu_", "clip_", "floor_",
+                             "round_", "sign_", "t_", "transpose_", "squeeze_", "unsqueeze_", "resize_"})

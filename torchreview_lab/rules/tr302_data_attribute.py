@@ -106,9 +106,6 @@ class DataAttribute(Rule):
         recv = node.value
         if isinstance(recv, cst.Name) and recv.value in ("self", "cls"):
             return None
-        if any(not q.startswith("builtins") for q in self.qnames(node)) and any(
-                "." in q and not q.endswith(".data") for q in self.qnames(recv)):
-            pass
         if any(q.startswith(("torch.utils", "torch_geometric")) for q in self.qnames(node)):
             return None
         return recv

@@ -79,6 +79,7 @@ class TransferInLoop(Rule):
     VALID = [
         "def f(xs, device):\n    for x in xs:\n        x = x.to(device)\n    return x\n",
         "def f(x, device, steps):\n    x = x.to(device)\n    for _ in range(steps):\n        x = x * 2\n    return x\n",
+        "def f(ctx, a, n):\n    for i in range(n):\n        t = ctx.to(ctx.mul(a, i), dtype=a.dtype)\n    return t\n",
         "def f(x, steps):\n    for i in range(steps):\n        x = x + 1\n        y = x.cpu()\n    return y\n",
     ]
     INVALID = [
@@ -86,15 +87,30 @@ class TransferInLoop(Rule):
         Invalid("def ev(model, w, n):\n    r = []\n    for i in range(n):\n        r.append(model(i) * w.cpu())\n    return r\n", line=4),
     ]
 
+    def _device_target(self, node: cst.Call) -> bool:
+        dev = [a for a in node.args if a.keyword is not None and a.keyword.value == "device"]
+        if dev:
+            return True
+        pos = [a for a in node.args if a.keyword is None]
+        if not pos:
+            return False
+        first = pos[0].value
+        if isinstance(first, cst.SimpleString):
+            return True
+        if isinstance(first, (cst.Name, cst.Attribute)):
+            text = self.code_for(first)
+            return "dtype" not in text and not text.startswith(("torch.float", "torch.int", "torch.bool",
+                                                                  "torch.half", "torch.double", "torch.long"))
+        return False
+
     def visit_Call(self, node: cst.Call) -> None:
         meth = is_method_call(self, node, _MOVES)
         if meth is None or not in_loop_body(self, node):
             return
         if meth == "to" and not node.args:
             return
-        if meth == "to" and all(a.keyword is not None and a.keyword.value in ("dtype", "memory_format")
-                                for a in node.args):
-            return  # a dtype cast, not a transfer
+        if meth == "to" and not self._device_target(node):
+            return  # a dtype cast or an unrelated ``.to`` method, not a transfer
         mc = method_call(node)
         name = loop_invariant_name(self, node, mc[0]) if mc else None
         if name is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..findings import Fix
-from ._context import graph_function, graph_kind
+from ._context import graph_function, graph_where
 from ._torch import in_loop_body, is_method_call
 from .base import Invalid, Rule
 
@@ -57,11 +57,10 @@ class ItemInGraph(Rule):
         fn = graph_function(self, node)
         if fn is None:
             return
-        kind = graph_kind(self, fn)
         loop = " It runs inside a loop: one sync per iteration." if in_loop_body(self, node) else ""
         self.report(
             node,
-            problem=(f"`{self.code_for(node)}` in {kind} `{fn.name.value}` converts a tensor into "
+            problem=(f"`{self.code_for(node)}` in {graph_where(self, fn)} converts a tensor into "
                      f"{_METHODS[meth]}.{loop}"),
             impact=("On CUDA the host blocks until the GPU queue drains (a sync per call); under torch.compile "
                     "it is a graph break (split graph, recompiles on new values) and the value leaves autograd."),

@@ -5,7 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._context import graph_function, graph_kind
+from ._context import graph_function, graph_where
 from ._torch import is_method_call, torch_function
 from .base import Invalid, Rule
 
@@ -53,8 +53,7 @@ class NumpyRoundTripInGraph(Rule):
         if fn is None:
             return
         back = self._converted_back(node)
-        kind = graph_kind(self, fn)
-        problem = f"`{self.code_for(node)}` in {kind} `{fn.name.value}` copies the tensor to a NumPy array"
+        problem = f"`{self.code_for(node)}` in {graph_where(self, fn)} copies the tensor to a NumPy array"
         if back:
             problem += f" and `torch.{back}` turns it back into a tensor: a round trip through the host."
         else:

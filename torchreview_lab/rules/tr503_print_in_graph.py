@@ -3,7 +3,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..findings import Fix
-from ._context import graph_function, graph_kind
+from ._context import graph_function, graph_where
 from .base import Invalid, Rule
 
 
@@ -51,7 +51,7 @@ class PrintInGraph(Rule):
             return
         self.report(
             node,
-            problem=f"`print` in {graph_kind(self, fn)} `{fn.name.value}` runs on every call.",
+            problem=f"`print` in {graph_where(self, fn)} runs on every call.",
             impact=("A torch.compile graph break on every call; printing tensor values copies them to the host "
                     "(a sync on CUDA) and floods the logs during training."),
             fix=Fix(before=self.code_for(node), after="logger.debug(...)  # or remove; not in the hot path"),

@@ -5,7 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._context import graph_function, graph_kind
+from ._context import graph_function, graph_where
 from ._knowledge import DATA_DEPENDENT_FUNCTIONS, DATA_DEPENDENT_METHODS
 from ._torch import is_method_call, torch_function, walk
 from .base import Invalid, Rule
@@ -65,7 +65,7 @@ class DataDependentBranch(Rule):
             return
         self.report(
             test,
-            problem=(f"The `{kind}` in {graph_kind(self, fn)} `{fn.name.value}` branches on a tensor value "
+            problem=(f"The `{kind}` in {graph_where(self, fn)} branches on a tensor value "
                      f"(`{self.code_for(test)}`, via `{op}`)."),
             impact=("Python needs the boolean: a host sync per call on CUDA, and a torch.compile graph break "
                     "(or a guard and recompile) at this branch."),

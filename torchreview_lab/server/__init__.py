@@ -35,3 +35,24 @@ def setup_handlers(serverapp) -> None:
             (url_path_join(base, "schema"), SchemaHandler, kwargs),
         ],
     )
+    _setup_probe_handlers(serverapp, service, base)
+
+
+def _setup_probe_handlers(serverapp, service, base) -> None:
+    from jupyter_server.utils import url_path_join
+
+    from .probe_handlers import FunctionsHandler, ProbeHandler, ProbesHandler
+    from .probes import ProbeService
+
+    probes = ProbeService(serverapp.kernel_manager, getattr(serverapp, "session_manager", None),
+                          log=serverapp.log, contents_manager=serverapp.contents_manager)
+    kwargs = {"service": service, "probes": probes}
+    serverapp.web_app.settings["torchreview_probes"] = probes
+    serverapp.web_app.add_handlers(
+        ".*$",
+        [
+            (url_path_join(base, "functions"), FunctionsHandler, kwargs),
+            (url_path_join(base, "probes"), ProbesHandler, kwargs),
+            (url_path_join(base, r"probes/([0-9a-f]+)"), ProbeHandler, kwargs),
+        ],
+    )

@@ -23,6 +23,10 @@ def error_status(exc: BaseException) -> Tuple[int, str]:
         return 400, str(exc)
     if isinstance(exc, NotFound):
         return 404, str(exc)
+    from .probes import Conflict
+
+    if isinstance(exc, Conflict):  # kernel busy, dead, already probing, or lacks torchreview_lab
+        return 409, str(exc)
     if isinstance(exc, InputError):  # the engine's "bad input" (non-Python notebook, invalid JSON, ...)
         return 400, str(exc)
     if isinstance(exc, ConfigError):  # a malformed [tool.torchreview] table: the user's input

@@ -1,0 +1,190 @@
+"""The scaling probe on functions of known scaling, the meta prediction, safety, JSON and text."""
+import gc
+import json
+
+import pytest
+import torch
+
+from measure_cases import scaling
+from torchreview_lab.measure import ScalingResult, meta_run, scale
+from torchreview_lab.measure.result import Point, TargetPrediction
+from torchreview_lab.measure.fit import fit_power_law
+
+SIZES = (64, 128, 256, 512)
+
+
+def _scale(fn, **kw):
+    kw.setdefault("sizes", SIZES)
+    kw.setdefault("repeats", 1)
+    kw.setdefault("device", "cpu")
+    return scale(fn, **kw)
+
+
+@pytest.mark.parametrize("fn, exponent", [
+    (scaling.const, 0.0),
+    (scaling.linear, 1.0),
+    (scaling.quadratic, 2.0),
+    (scaling.edges, 1.0),   # O(T*K*C^2) with K, C fixed
+])
+def test_memory_exponent_of_known_scaling(fn, exponent):
+    res = _scale(fn)
+    assert [p.size for p in res.points] == list(SIZES)
+    assert res.memory_fit is not None
+    assert res.memory_fit.exponent == pytest.approx(exponent, abs=0.1)
+    assert res.memory_fit.r2 > 0.98
+    assert all(p.seconds > 0 for p in res.points)
+
+
+def test_cpu_peak_sees_kernel_temporaries():
+    res = _scale(scaling.edges, sizes=(128, 256))
+    for p in res.points:  # the profiler sees logsumexp's full-size temporary: exact analytic bytes
+        assert p.peak_bytes == scaling.edges_bytes(p.size)
+
+
+def test_meta_prediction_equals_analytic_bytes():
+    for T in (1000, 400_000):
+        m = meta_run(scaling.edges, T)
+        assert m.ok and not m.assumptions
+        assert m.peak_bytes == scaling.edges_bytes(T)
+    m = meta_run(scaling.linear, 10_000)
+    assert m.peak_bytes == 2 * 10_000 * 64 * 4 + 4  # x, x * 2 and the scalar sum
+
+
+def test_meta_run_at_target_reported_beside_fit():
+    res = _scale(scaling.edges, target=400_000)
+    t = res.target
+    assert t.meta_peak_bytes == scaling.edges_bytes(400_000)
+    assert t.peak_bytes == pytest.approx(t.meta_peak_bytes, rel=0.05)
+    assert t.device_bytes and t.fits is not None
+    assert not any("disagree" in w for w in res.warnings)
+
+
+def test_meta_answers_data_dependent_calls_with_recorded_assumptions():
+    m = meta_run(scaling.data_dependent, 100_000)
+    assert m.ok
+    text = " | ".join(m.assumptions)
+    assert ".item()" in text and "boolean-mask" in text and "bool(tensor)" in text
+    assert "scaling.py" in text  # each assumption names the user's line
+
+
+def test_meta_loop_is_stopped_by_time_limit():
+    m = meta_run(scaling.python_loop, 400_000, time_limit=0.2)
+    assert not m.ok
+    assert "time limit" in m.skipped_reason
+
+
+def test_meta_redirects_explicit_device():
+    m = meta_run(scaling.edges, 400_000)  # edges takes device=; the meta run passes device="meta"
+    assert m.ok
+    def explicit(T):
+        return torch.zeros(T, 1000, device="cpu").sum()
+    m = meta_run(explicit, 10_000_000)  # 40 GB if it were real
+    assert m.ok and m.peak_bytes == 10_000_000 * 1000 * 4 + 4
+    assert any("redirected to meta" in a for a in m.assumptions)
+
+
+def test_budget_guard_skips_sizes_predicted_over_budget():
+    budget = 200_000  # linear: 64 * 64 * 4 * 2 = 32 kB at T=64 ... 262 kB at T=512
+    res = _scale(scaling.linear, budget_bytes=budget)
+    measured = [p.size for p in res.points]
+    assert 512 not in measured and 64 in measured
+    skipped = {s["size"]: s for s in res.skipped}
+    assert 512 in skipped and "exceeds the budget" in skipped[512]["reason"]
+    assert all(p.peak_bytes <= budget for p in res.points)
+
+
+def test_budget_guard_uses_meta_before_any_measurement():
+    res = _scale(scaling.linear, sizes=(100_000,), budget_bytes=1_000_000)
+    assert not res.points
+    assert res.skipped[0]["kind"] == "budget" and "meta-device run" in res.skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("fn", [scaling.raises_oom, scaling.raises_memoryerror])
+def test_out_of_memory_is_reported_and_process_survives(fn):
+    res = _scale(fn, meta=False)
+    assert [p.size for p in res.points] == [64]
+    kinds = {s["size"]: s["kind"] for s in res.skipped}
+    assert kinds[128] == "oom" and kinds[256] == "stopped" and kinds[512] == "stopped"
+    assert "out of memory" in res.skipped[0]["reason"]
+    assert [f.rule for f in res.findings()] == ["TR021"]
+    assert torch.get_num_threads() >= 1
+
+
+def test_harness_error_is_reported_not_raised():
+    res = _scale(scaling.broken)
+    assert not res.points
+    assert res.skipped[0]["kind"] == "error" and "ValueError" in res.skipped[0]["reason"]
+    assert "Not enough measurements" in res.verdict()
+
+
+def test_time_budget_stops_the_grid():
+    res = _scale(scaling.linear, time_budget=0.0)
+    assert not res.points
+    assert res.skipped[0]["kind"] == "time" and "time budget" in res.skipped[0]["reason"]
+    assert [s["kind"] for s in res.skipped[1:]] == ["stopped"] * 3
+
+
+def test_probe_leaves_no_state_behind():
+    threads = torch.get_num_threads()
+    _scale(scaling.linear, sizes=(64, 128), target=10_000)
+    assert torch.get_num_threads() == threads
+    assert not torch.autograd.profiler._is_profiler_enabled
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    from torch.overrides import _get_current_function_mode_stack
+
+    assert _get_current_dispatch_mode() is None
+    assert not [m for m in _get_current_function_mode_stack()]
+    assert torch.empty(1).device.type == "cpu"  # the meta device context was left
+
+
+def _synthetic(target_fits: bool) -> ScalingResult:
+    sizes = [256, 512, 1024, 2048]
+    pts = [Point(s, int(2_304_000 * s), 1e-6 * s) for s in sizes]
+    res = ScalingResult(function="edges", device="cuda", points=pts,
+                        memory_fit=fit_power_law(sizes, [p.peak_bytes for p in pts]),
+                        time_fit=fit_power_law(sizes, [p.seconds for p in pts], min_size=256))
+    dev = 80_000_000_000 if not target_fits else 2_000_000_000_000
+    tgt = TargetPrediction(size=400_000, peak_bytes=res.memory_fit.predict(400_000), seconds=0.4,
+                           meta_peak_bytes=921_600_000_000, device_bytes=dev, device_free_bytes=dev)
+    tgt.fits = tgt.predicted_bytes <= dev
+    tgt.max_size_that_fits = int(res.memory_fit.inverse(dev))
+    res.target = tgt
+    return res
+
+
+def test_text_verdict():
+    res = _synthetic(target_fits=False)
+    v = res.verdict()
+    assert v == "O(T^1.00) memory: 922 GB at T=400,000 — does not fit in 80 GB; largest T that fits ≈ 34,700"
+    text = str(res)
+    assert "verdict: " + v in text and "2,048" in text and "R² 1.000" in text
+    assert "fits in 2 TB" in _synthetic(target_fits=True).verdict()
+    assert [f.rule for f in res.findings()] == ["TR020"]
+
+
+def test_json_round_trip_and_stable_keys():
+    res = _scale(scaling.edges, sizes=(64, 128, 256), target=100_000)
+    data = json.loads(json.dumps(res.to_json()))
+    assert {"function", "device", "points", "memory_fit", "time_fit", "target", "skipped", "warnings"} <= set(data)
+    assert set(data["points"][0]) == {"size", "peak_bytes", "seconds"}
+    assert {"exponent", "coefficient", "r2"} <= set(data["memory_fit"])
+    assert {"size", "peak_bytes", "seconds", "meta_peak_bytes", "device_bytes", "fits",
+            "max_size_that_fits"} <= set(data["target"])
+    back = ScalingResult.from_json(data)
+    assert back.to_json() == data
+    assert str(back) == str(res)
+
+
+def test_plot_and_notebook_rendering():
+    res = _synthetic(target_fits=False)
+    fig = res.plot()
+    names = [t.name for t in fig.data]
+    assert "measured memory" in names and "meta-device run" in names and "measured time" in names
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    fit_trace = next(t for t in fig.data if t.name.startswith("fit O(T^1.00)"))
+    assert max(fit_trace.x) == pytest.approx(400_000)  # the fit is carried out to the target
+    assert any(getattr(s, "y0", None) == 80e9 for s in fig.layout.shapes)  # device memory line
+    bundle = res._repr_mimebundle_()
+    assert "application/vnd.plotly.v1+json" in bundle and bundle["text/plain"] == str(res)
+    json.dumps(bundle["application/vnd.plotly.v1+json"])
+    gc.collect()

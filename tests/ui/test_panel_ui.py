@@ -1,0 +1,244 @@
+"""Real-browser test of the TorchReview panel: JupyterLab + Debian chromium (Python Playwright).
+
+Starts its own ``jupyter lab`` on a free loopback port with a temporary root holding a copy of
+the demo notebook, opens the notebook and the panel, reviews, jumps to a finding and switches
+standards. Screenshots go to ``test-artifacts/`` (``TORCHREVIEW_UPDATE_SCREENSHOT=1`` also
+refreshes ``docs/screenshot-panel.png``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "notebooks" / "semimarkov_demo.ipynb"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+BUG_TEXT = "edge = torch.zeros(batch, T, K, C, C)"  # no device=: the device-handling rule flags it
+
+
+def _need_chromium():
+    if os.access(CHROMIUM, os.X_OK):
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing on CI: `make install` installs it (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); on CI this test runs")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bug_location():
+    """(cell index, 1-based line) of the torch.zeros call in the demo notebook."""
+    cells = json.loads(DEMO.read_text(encoding="utf-8"))["cells"]
+    for i, cell in enumerate(cells):
+        lines = "".join(cell["source"]).splitlines()
+        for j, line in enumerate(lines):
+            if BUG_TEXT in line:
+                return i, j + 1
+    raise AssertionError(f"{DEMO.name} no longer contains {BUG_TEXT!r}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    _need_chromium()
+    tmp = tmp_path_factory.mktemp("lab")
+    root = tmp / "root"
+    root.mkdir()
+    shutil.copy(DEMO, root / DEMO.name)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
+    }
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.expose_app_in_browser=True",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "ui-server.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited with {proc.returncode}: see {ARTIFACTS / 'ui-server.log'}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("jupyter lab did not answer /api/status within 60 s")
+            time.sleep(0.2)
+        yield {"base": base, "token": token, "root": root}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+@pytest.fixture
+def page(lab):  # function scope: Playwright's loop must stop before pytest-jupyter's loop closes
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        errors = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.errors = errors
+        try:
+            yield pg
+        finally:
+            try:
+                pg.screenshot(path=str(ARTIFACTS / "ui-last.png"))
+            except Exception:  # noqa: BLE001 - best effort after a failure
+                pass
+            context.close()
+            browser.close()
+
+
+# What the notebook says about itself, read through the app (exposed for tests) and the DOM.
+STATE_JS = """() => {
+  const app = window.jupyterapp;
+  const panel = Array.from(app.shell.widgets('main')).find(w => w.content && w.content.widgets);
+  const nb = panel.content;
+  const cell = nb.activeCell;
+  const pos = cell && cell.editor ? cell.editor.getCursorPosition() : null;
+  const cells = Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'));
+  const activeEl = document.querySelector('.jp-Notebook .jp-Cell.jp-mod-active');
+  const domIndex = activeEl ? Number(activeEl.getAttribute('data-windowed-list-index') ?? cells.indexOf(activeEl)) : -1;
+  // The DOM caret: the CodeMirror line that holds the selection's focus, in the active cell.
+  let domLine = -1;
+  const sel = window.getSelection();
+  if (activeEl && sel && sel.focusNode) {
+    const node = sel.focusNode.nodeType === 1 ? sel.focusNode : sel.focusNode.parentElement;
+    const line = node && node.closest('.cm-line');
+    if (line && activeEl.contains(line)) {
+      domLine = Array.from(line.parentElement.querySelectorAll(':scope > .cm-line')).indexOf(line);
+    }
+  }
+  return {index: nb.activeCellIndex, line: pos ? pos.line : -1, column: pos ? pos.column : -1,
+          domIndex, domLine, mode: nb.mode, focused: !!(activeEl && activeEl.contains(document.activeElement))};
+}"""
+
+
+def _review_done(page, standard):
+    page.wait_for_selector(f'.jp-TorchReview-body[data-status="done"][data-standard="{standard}"]')
+
+
+def test_panel_reviews_jumps_and_switches_standard(lab, page):
+    cell, line = _bug_location()
+    page.goto(f"{lab['base']}/lab/tree/{DEMO.name}?token={lab['token']}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible", timeout=60_000)
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('torchreview:review')")
+
+    # The panel lives in the right sidebar: open it from its tab.
+    tab = page.locator('.lm-TabBar-tab[data-id="torchreview-panel"]')
+    panel = page.locator("#torchreview-panel")
+    if not panel.is_visible():
+        tab.click()
+    panel.wait_for(state="visible")
+    assert "semimarkov_demo.ipynb" in panel.locator(".jp-TorchReview-notebook").inner_text()
+
+    # Review with the research standard; the torch.zeros finding appears at its cell and line.
+    assert panel.locator(".jp-TorchReview-standardOption.jp-mod-selected").inner_text() == "Research"
+    with page.expect_response(lambda r: r.url.endswith("/torchreview-lab/review")) as resp_info:
+        panel.get_by_role("button", name="Review", exact=True).click()
+    response = resp_info.value
+    assert response.status == 200
+    sent = json.loads(response.request.post_data)
+    assert sent["standard"] == "research" and sent["path"] == DEMO.name
+    assert any(BUG_TEXT in c["source"] for c in sent["cells"])  # live editor content
+    _review_done(page, "research")
+    row = panel.locator(f'.jp-TorchReview-finding[data-cell="{cell}"][data-line="{line}"]').first
+    row.wait_for(state="visible")
+    assert f"cell {cell + 1}" in row.inner_text() and f"line {line}" in row.inner_text()
+    research = response.json()
+    n_research = research["summary"]["total"]
+    assert n_research == panel.locator(".jp-TorchReview-finding").count() > 0
+    for sev in ("critical", "high", "medium", "low"):
+        chip = panel.locator(f".jp-TorchReview-chip.jp-TorchReview-sev-{sev} .jp-TorchReview-chipCount")
+        assert int(chip.inner_text()) == research["summary"]["by_severity"][sev]
+
+    # Jump: the notebook's active cell and cursor move to the finding.
+    before = page.evaluate(STATE_JS)
+    assert before["index"] != cell
+    row.locator(".jp-TorchReview-row").click()
+    page.wait_for_function(f"() => ({STATE_JS})().index === {cell} && ({STATE_JS})().line === {line - 1}")
+    after = page.evaluate(STATE_JS)
+    assert after["domIndex"] == cell, after
+    assert after["mode"] == "edit" and after["focused"], after
+    assert after["domLine"] == line - 1, after
+    finding = next(f for f in research["findings"] if f["cell"] == cell and f["line"] == line)
+    assert after["column"] == finding["column"] - 1
+    # The row expanded: problem, impact and the fix are shown.
+    details = row.locator(".jp-TorchReview-details")
+    details.wait_for(state="visible")
+    assert finding["problem"][:40] in details.inner_text()
+    if finding["fix"]:
+        assert row.locator(".jp-TorchReview-code-after pre").inner_text().strip() == finding["fix"]["after"].strip()
+    page.mouse.move(0, 0)
+    panel.screenshot(path=str(ARTIFACTS / "ui-panel-only.png"))
+    page.screenshot(path=str(ARTIFACTS / "ui-panel.png"))
+    if os.environ.get("TORCHREVIEW_UPDATE_SCREENSHOT"):
+        shutil.copy(ARTIFACTS / "ui-panel.png", ROOT / "docs" / "screenshot-panel.png")
+
+    # Production: switching re-reviews with the other standard.
+    with page.expect_response(lambda r: r.url.endswith("/torchreview-lab/review")) as resp_info:
+        panel.get_by_role("radio", name="Production").click()
+    sent = json.loads(resp_info.value.request.post_data)
+    assert sent["standard"] == "production"
+    _review_done(page, "production")
+    production = resp_info.value.json()
+    assert production["summary"]["standard"] == "production"
+    assert production["summary"]["total"] >= n_research
+    assert panel.locator(".jp-TorchReview-finding").count() == production["summary"]["total"]
+    assert "production standard" in panel.locator(".jp-TorchReview-status").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "ui-panel-production.png"))
+
+    # The command palette runs a review too.
+    page.keyboard.press("Control+Shift+C")
+    palette = page.locator(".lm-CommandPalette-input")
+    palette.wait_for(state="visible")
+    palette.fill("TorchReview: Review notebook")
+    with page.expect_response(lambda r: r.url.endswith("/torchreview-lab/review")) as resp_info:
+        page.locator(".lm-CommandPalette-item", has_text="TorchReview: Review notebook").first.click()
+    assert resp_info.value.status == 200
+    assert json.loads(resp_info.value.request.post_data)["standard"] == "production"
+    assert not page.errors, page.errors

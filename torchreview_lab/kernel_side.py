@@ -1,0 +1,113 @@
+"""Code that runs *inside the user's kernel* on behalf of the server extension.
+
+The server never executes user code itself: it sends one silent expression to the notebook's
+kernel, e.g. ``__import__("torchreview_lab.kernel_side", fromlist=["_"]).run_probe(...)``. That
+expression binds no names (``silent=True`` also skips ``_``/``Out``), so the user's namespace is left
+as it was. Results travel back as lines on stdout, each ``MARK + json``; the server reads them from
+the iopub stream of *its own* request (JupyterLab shows only outputs parented by a cell's request, so
+nothing appears in the notebook).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import linecache
+import sys
+import traceback
+from typing import Any, Dict, List, Optional
+
+MARK = "\x1eTORCHREVIEW "
+_HARNESS_HINTS = ("harness", "probe", "bench", "scale", "run")
+_SIZE_NAMES = ("t", "n", "size", "seq_len", "length", "seqlen", "t_len", "num", "steps", "tokens")
+
+
+def _emit(event: str, **data: Any) -> None:
+    sys.stdout.write(MARK + json.dumps({"event": event, **data}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _cell_source(filename: str) -> Optional[str]:
+    lines = linecache.getlines(filename)
+    return "".join(lines) if lines else None
+
+
+def _site(code) -> Dict[str, Any]:
+    return {"filename": code.co_filename, "line": code.co_firstlineno}
+
+
+def probeable(ns: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Functions defined in the notebook that can be called as ``f(T)``: one required positional
+    parameter (any others have defaults), plus ``harness``-like names first."""
+    out = []
+    for name, obj in list(ns.items()):
+        if name.startswith("_") or not inspect.isfunction(obj):
+            continue
+        if getattr(obj, "__module__", None) != "__main__":
+            continue
+        try:
+            sig = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue
+        params = list(sig.parameters.values())
+        required = [p for p in params if p.default is inspect.Parameter.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(required) != 1:
+            continue
+        code = obj.__code__
+        out.append({
+            "name": name,
+            "signature": f"{name}{sig}",
+            "parameter": required[0].name,
+            "doc": (inspect.getdoc(obj) or "").split("\n", 1)[0],
+            "harness": any(h in name.lower() for h in _HARNESS_HINTS),
+            "size_like": required[0].name.lower() in _SIZE_NAMES,
+            "site": _site(code),
+            "cell_source": _cell_source(code.co_filename),
+        })
+    out.sort(key=lambda d: (not d["harness"], not d["size_like"], d["name"]))
+    return out
+
+
+def list_functions(ns: Dict[str, Any]) -> None:
+    _emit("functions", functions=probeable(ns))
+
+
+def _frames(tb) -> List[Dict[str, Any]]:
+    frames = []
+    for fs in traceback.extract_tb(tb):
+        if "torchreview_lab" in fs.filename or "/torch/" in fs.filename or "site-packages" in fs.filename:
+            continue
+        frames.append({"filename": fs.filename, "line": fs.lineno, "name": fs.name, "text": fs.line,
+                       "cell_source": _cell_source(fs.filename)})
+    return frames
+
+
+def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
+    """Run a scaling probe of ``ns[spec["function"]]`` and stream each measured point."""
+    try:
+        spec = json.loads(spec_json)
+        name = spec["function"]
+        fn = ns.get(name)
+        if not callable(fn):
+            _emit("error", kind="bad-function", message=f"{name!r} is not a function defined in this kernel")
+            return
+        from .measure import scale
+
+        def on_point(point) -> None:
+            _emit("point", point={"size": point.size, "peak_bytes": point.peak_bytes, "seconds": point.seconds})
+
+        kwargs = dict(sizes=spec.get("sizes") or [256, 512, 1024, 2048], target=spec.get("target"),
+                      device=spec.get("device", "auto"), budget_bytes=spec.get("budget_bytes"),
+                      time_budget=spec.get("time_budget"), backward=bool(spec.get("backward", False)), name=name)
+        if "on_point" in inspect.signature(scale).parameters:
+            kwargs["on_point"] = on_point
+        result = scale(fn, **kwargs)
+        data = result.to_json()
+        data["site"] = _site(fn.__code__) if hasattr(fn, "__code__") else None
+        if data["site"]:
+            data["site"]["cell_source"] = _cell_source(data["site"]["filename"])
+        _emit("result", result=data)
+    except KeyboardInterrupt:
+        _emit("cancelled", message="interrupted")
+    except Exception as exc:  # noqa: BLE001 - reported to the server, never raised into the kernel
+        _emit("error", kind="harness", message=f"{type(exc).__name__}: {exc}", frames=_frames(exc.__traceback__))

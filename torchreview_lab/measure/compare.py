@@ -1,0 +1,193 @@
+"""``compare(fn_a, fn_b, make_inputs, sizes=...)``: do two implementations agree?
+
+For each size and seed, ``make_inputs(size)`` builds the inputs (a tuple, a dict of keyword
+arguments, or one value; a dict ``size`` is passed as keyword arguments, e.g. ``{"T": 1, "K": 2}``),
+each implementation gets its own copy, and the outputs are compared with ``torch.allclose``; when the
+outputs carry a graph, the same random cotangent is sent backward through both and the gradients of
+the floating inputs are compared too. Edge sizes (T=1, K=1, K=2) belong in ``sizes``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from ..findings import Fix
+from ._frames import def_site
+from .rules import make_finding
+
+DEFAULT_SIZES = (1, 2, 3, 17)
+
+
+@dataclass
+class CompareCase:
+    size: Any
+    seed: int
+    ok: bool
+    what: str = ""                  # "outputs", "gradient of input 0", "error", ...
+    max_abs_diff: Optional[float] = None
+    max_rel_diff: Optional[float] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class CompareResult:
+    fn_a: str
+    fn_b: str
+    cases: List[CompareCase] = field(default_factory=list)
+    location: Optional[Dict[str, Any]] = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.cases)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def failures(self) -> List[CompareCase]:
+        return [c for c in self.cases if not c.ok]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"fn_a": self.fn_a, "fn_b": self.fn_b, "ok": self.ok, "cases": [asdict(c) for c in self.cases],
+                "location": self.location}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "CompareResult":
+        return cls(data["fn_a"], data["fn_b"], [CompareCase(**c) for c in data.get("cases", [])], data.get("location"))
+
+    def findings(self) -> list:
+        if self.ok:
+            return []
+        bad = self.failures
+        first = bad[0]
+        site = (self.location["path"], self.location["line"], self.fn_b) if self.location else None
+        return [make_finding(
+            "TR017", f"{self.fn_b} disagrees with {self.fn_a} ({len(bad)} of {len(self.cases)} cases)", site,
+            problem=f"first disagreement at size {first.size!r} (seed {first.seed}) in {first.what}"
+                    + (f": max |diff| {first.max_abs_diff:.3g}" if first.max_abs_diff is not None else "")
+                    + (f": {first.error}" if first.error else ""),
+            impact="one of the implementations computes something else: wrong results or wrong gradients",
+            fix=Fix(before="# the faster rewrite", after="# match the reference at the failing size, then re-run compare()"),
+            evidence={"failures": [asdict(c) for c in bad[:10]], "cases": len(self.cases)})]
+
+    def __str__(self) -> str:
+        head = f"compare {self.fn_a} vs {self.fn_b}: " + (
+            f"agree on all {len(self.cases)} cases" if self.ok else f"{len(self.failures)} of {len(self.cases)} cases disagree")
+        lines = [head]
+        for c in self.cases:
+            if not c.ok:
+                diff = f" max|diff| {c.max_abs_diff:.3g}" if c.max_abs_diff is not None else ""
+                lines.append(f"  size {c.size!r} seed {c.seed}: {c.what}{diff}{' ' + c.error if c.error else ''}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+
+def _call_make(make_inputs: Callable, size: Any):
+    val = make_inputs(**size) if isinstance(size, dict) else make_inputs(size)
+    if isinstance(val, dict):
+        return (), dict(val)
+    if isinstance(val, (tuple, list)):
+        return tuple(val), {}
+    return (val,), {}
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        c = v.detach().clone()
+        return c.requires_grad_(True) if c.is_floating_point() or c.is_complex() else c
+    if isinstance(v, (list, tuple)):
+        return type(v)(_copy(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    return v
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor):
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    d = (a64 - b64).abs()
+    both_inf = torch.isinf(a64) & torch.isinf(b64) & (a64 == b64)
+    d = torch.where(both_inf | (torch.isnan(a64) & torch.isnan(b64)), torch.zeros_like(d), d)
+    d = torch.nan_to_num(d, nan=math.inf)
+    mx = float(d.max()) if d.numel() else 0.0
+    rel = float((d / b64.abs().clamp_min(1e-12)).max()) if d.numel() else 0.0
+    return mx, rel
+
+
+def _close(a, b, rtol, atol):
+    if a.shape != b.shape:
+        return False, f"shape {list(a.shape)} vs {list(b.shape)}", None, None
+    if not (a.is_floating_point() or a.is_complex()):
+        eq = bool(torch.equal(a, b))
+        return eq, "" if eq else "integer values differ", None, None
+    ok = bool(torch.allclose(a.to(torch.float64), b.to(torch.float64), rtol=rtol, atol=atol, equal_nan=True))
+    mx, rel = _diff(a, b)
+    return ok, "", mx, rel
+
+
+def compare(fn_a: Callable, fn_b: Callable, make_inputs: Callable, sizes: Sequence[Any] = DEFAULT_SIZES,
+            seeds: Sequence[int] = (0, 1), rtol: float = 1e-4, atol: float = 1e-5,
+            grads: bool = True) -> CompareResult:
+    """Check that ``fn_b`` agrees with ``fn_a`` (the reference) on outputs and input gradients."""
+    res = CompareResult(getattr(fn_a, "__qualname__", repr(fn_a)), getattr(fn_b, "__qualname__", repr(fn_b)))
+    site = def_site(fn_b)
+    res.location = {"path": site[0], "line": site[1]} if site else None
+    for size in sizes:
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                try:
+                    args, kwargs = _call_make(make_inputs, size)
+                except Exception as e:
+                    res.cases.append(CompareCase(size, seed, False, "make_inputs", error=f"{type(e).__name__}: {e}"))
+                    continue
+                res.cases.append(_one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads))
+    return res
+
+
+def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase:
+    ins_a, kw_a = _copy(args), _copy(kwargs)
+    ins_b, kw_b = _copy(args), _copy(kwargs)
+    outs = []
+    for fn, ins, kw, tag in ((fn_a, ins_a, kw_a, "a"), (fn_b, ins_b, kw_b, "b")):
+        try:
+            outs.append(fn(*ins, **kw))
+        except Exception as e:
+            return CompareCase(size, seed, False, f"error in {tag}", error=f"{type(e).__name__}: {str(e)[:200]}")
+    flat_a = [t for t in tree_flatten(outs[0])[0] if isinstance(t, torch.Tensor)]
+    flat_b = [t for t in tree_flatten(outs[1])[0] if isinstance(t, torch.Tensor)]
+    if len(flat_a) != len(flat_b):
+        return CompareCase(size, seed, False, "outputs", error=f"{len(flat_a)} vs {len(flat_b)} output tensors")
+    worst = (0.0, 0.0)
+    for i, (a, b) in enumerate(zip(flat_a, flat_b)):
+        ok, why, mx, rel = _close(a, b, rtol, atol)
+        if not ok:
+            return CompareCase(size, seed, False, f"output {i}" + (f" ({why})" if why else ""), mx, rel)
+        if mx is not None:
+            worst = (max(worst[0], mx), max(worst[1], rel))
+    if grads:
+        pairs = [(a, b) for a, b in zip(flat_a, flat_b) if a.grad_fn is not None and b.grad_fn is not None]
+        leaves_a = [t for t in tree_flatten((ins_a, kw_a))[0] if isinstance(t, torch.Tensor) and t.requires_grad]
+        leaves_b = [t for t in tree_flatten((ins_b, kw_b))[0] if isinstance(t, torch.Tensor) and t.requires_grad]
+        if pairs and leaves_a:
+            gen = torch.Generator().manual_seed(1000 + seed)
+            cots = [torch.randn(a.shape, generator=gen, dtype=a.dtype) for a, _ in pairs]
+            try:
+                ga = torch.autograd.grad([a for a, _ in pairs], leaves_a, cots, allow_unused=True)
+                gb = torch.autograd.grad([b for _, b in pairs], leaves_b, cots, allow_unused=True)
+            except Exception as e:
+                return CompareCase(size, seed, False, "backward", error=f"{type(e).__name__}: {str(e)[:200]}")
+            for i, (x, y) in enumerate(zip(ga, gb)):
+                if x is None and y is None:
+                    continue
+                x = torch.zeros_like(leaves_a[i]) if x is None else x
+                y = torch.zeros_like(leaves_b[i]) if y is None else y
+                ok, why, mx, rel = _close(x, y, rtol * 10, atol * 10)
+                if not ok:
+                    return CompareCase(size, seed, False, f"gradient of input {i}" + (f" ({why})" if why else ""), mx, rel)
+    return CompareCase(size, seed, True, "outputs and gradients", worst[0], worst[1])

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Set
+
+import libcst as cst
+
+from ..findings import Fix
+from ._flow import canonical_size, comment_and_doc_text, documented_shapes, upper_bounds
+from ._torch import assigned_values, enclosing_function, enclosing_loops, loop_targets, names_in
+from .base import Invalid, Rule
+
+
+class IndexReachesSize(Rule):
+    """A loop-derived index can reach N on a dimension of size N (off by one).
+
+    What it does:
+        Works out symbolic upper bounds of index expressions (``range(K)`` gives ``k <= K-1``,
+        ``range(1, K + 1)`` gives ``k <= K``, ``k + 1`` adds one, ``min(k, K - 1)`` caps it) and the
+        size of the indexed dimension (``N = t.shape[0]``, ``a, b = t.shape``, ``t.size(0)``,
+        ``len(t)``, or a documented shape such as ``# table: (K, C)`` or a docstring line
+        ``x: (batch, T, C)``). Reports an index whose bound reaches the size.
+
+    Why is this bad:
+        Valid indices of a dimension of size N are 0..N-1. An index that reaches N raises
+        ``IndexError`` on the last iteration (on CUDA: a device-side assert that kills the
+        process), or, with a convention mix-up one step earlier, silently reads the neighbouring
+        entry (durations shifted by one).
+
+    Example:
+        # dur_table: (K, C) scores for durations 1..K
+        for k in range(K):
+            dur = k + 1
+            out.append(dur_table[dur])
+
+    Use instead:
+        for k in range(K):
+            out.append(dur_table[k])        # row k holds duration k + 1
+    """
+
+    code = "TR601"
+    title = "Index can reach the size of the dimension (off by one)"
+    category = "algorithm-correctness"
+    severity = {"research": "high", "production": "high"}
+    VALID = [
+        "def f(dur_table, K):\n    # dur_table: (K, C)\n    out = []\n    for k in range(K):\n        out.append(dur_table[k])\n    return out\n",
+        "def f(dur_table, K):\n    # dur_table: (K, C)\n    out = []\n    for k in range(1, K + 1):\n        i = min(k, K - 1)\n        out.append(dur_table[i])\n    return out\n",
+        "def f(x):\n    N = x.shape[0]\n    for i in range(N - 1):\n        x[i + 1] = x[i]\n    return x\n",
+        "def f(x):\n    n = len(x)\n    for i in range(n):\n        if i + 1 < n:\n            x[i + 1] += x[i]\n",
+        "def f(x, K):\n    T = x.shape[1]\n    for t in range(T):\n        y = x[:, t]\n    return y\n",
+    ]
+    INVALID = [
+        Invalid("def f(dur_table, K):\n    # dur_table: (K, C) scores for durations 1..K\n    out = []\n    for k in range(K):\n        dur = k + 1\n        out.append(dur_table[dur])\n    return out\n", line=6),
+        Invalid("def f(x):\n    B, T, C = x.shape\n    acc = x[:, 0]\n    for t in range(1, T + 1):\n        acc = acc + x[:, t]\n    return acc\n", line=5),
+        Invalid("def f(x):\n    \"\"\"Scores.\n\n    Args:\n        x: (batch, T, C) emissions\n    \"\"\"\n    T = x.size(1)\n    for t in range(T):\n        d = x[:, t + 1] - x[:, t]\n    return d\n", line=9),
+        Invalid("def f(seq):\n    for i in range(len(seq)):\n        print(seq[i + 1])\n", line=3),
+    ]
+
+    def visit_Subscript(self, node: cst.Subscript) -> None:
+        if not isinstance(node.value, (cst.Name, cst.Attribute)):
+            return
+        fn = enclosing_function(self, node)
+        for dim, elem in self._dims(node):
+            idx = elem.slice.value
+            if isinstance(idx, (cst.Integer, cst.UnaryOperation)):
+                continue
+            sizes = self._sizes(fn, node.value, dim)
+            if not sizes:
+                continue
+            bounds = upper_bounds(self, fn, node, idx)
+            if not bounds or not all(s in sizes and off >= 0 for s, off in bounds):
+                continue
+            if self._guarded(node, idx, fn) or not self._loop_derived(node, idx, fn):
+                continue
+            worst = max(off for _, off in bounds)
+            size_txt = sorted(sizes, key=len)[0]
+            arr = self.code_for(node.value)
+            self.report(
+                elem,
+                problem=(f"Index `{self.code_for(idx)}` into dimension {dim} of `{arr}` can reach "
+                         f"`{size_txt}{' + ' + str(worst) if worst else ''}`, but that dimension has size `{size_txt}` "
+                         f"(valid indices 0..{size_txt} - 1)."),
+                impact=("The last iteration raises IndexError (on CUDA a device-side assert), or with a shifted "
+                        "convention every lookup silently reads the neighbouring entry."),
+                fix=Fix(before=self.code_for(node),
+                        after=f"{arr}[{self.code_for(idx)} - 1]  # or shrink the loop range by one"),
+                evidence={"bound": [f"{s} + {o}" for s, o in bounds], "size": sorted(sizes)},
+            )
+
+    def _dims(self, node: cst.Subscript):
+        for i, e in enumerate(node.slice):
+            if isinstance(e.slice, cst.Index):
+                v = e.slice.value
+                if isinstance(v, cst.Ellipsis) or (isinstance(v, cst.Name) and v.value == "None"):
+                    return
+                yield i, e
+
+    def _sizes(self, fn, arr, dim: int) -> Set[str]:
+        arr_code = self.code_for(arr)
+        out: Set[str] = {f"{arr_code}.shape[{dim}]"}
+        docs = self._doc_shapes(fn)
+        reassigned = isinstance(arr, cst.Name) and bool(assigned_values(self, fn, arr.value))
+        if arr_code in docs and not reassigned:
+            dims = docs[arr_code]
+            if dim < len(dims) and dims[dim] != "?" and not dims[dim].isdigit():
+                out.add(canonical_size(self, fn, cst.Name(dims[dim])))
+                out.add(dims[dim])
+        return out
+
+    def _doc_shapes(self, fn) -> Dict[str, List[str]]:
+        key = ("doc-shapes", id(fn))
+        if key not in self.ctx.cache:
+            node = fn if fn is not None else self.ctx.module
+            self.ctx.cache[key] = documented_shapes(comment_and_doc_text(self, node)) if node is not None else {}
+        return self.ctx.cache[key]
+
+    def _guarded(self, node, idx, fn) -> bool:
+        """An enclosing ``if``/``while``/conditional expression tests a name of the index."""
+        names = names_in(idx) | self._source_names(idx, fn)
+        for a in self.ancestors(node):
+            if isinstance(a, (cst.If, cst.While, cst.IfExp)) and names_in(a.test) & names:
+                return True
+            if isinstance(a, cst.FunctionDef):
+                break
+        return False
+
+    def _loop_derived(self, node, idx, fn) -> bool:
+        targets: Set[str] = set()
+        for lp in enclosing_loops(self, node):
+            targets |= loop_targets(lp)
+        names, frontier = set(), names_in(idx)
+        for _ in range(4):
+            names |= frontier
+            nxt: Set[str] = set()
+            for n in frontier:
+                for v in assigned_values(self, fn, n):
+                    nxt |= names_in(v)
+            frontier = nxt - names
+        return bool(names & targets)
+
+    def _source_names(self, idx, fn) -> Set[str]:
+        out: Set[str] = set()
+        for n in names_in(idx):
+            for v in assigned_values(self, fn, n):
+                out |= names_in(v)
+        return out
