@@ -164,3 +164,38 @@ def test_compare_checks_gradients():
 
     res = compare(a, b, lambda T: torch.randn(T, 3), sizes=[1, 4])
     assert not res.ok and res.failures[0].what.startswith("gradient")
+
+
+def test_device_check_finds_module_left_on_cpu():
+    from torch import nn
+
+    def not_moved(T, device="cpu"):
+        model = nn.Linear(8, 1)
+        x = torch.randn(T, 8, device=device)
+        return model(x).sum()
+
+    def moved(T, device="cpu"):
+        model = nn.Linear(8, 1).to(device)
+        x = torch.randn(T, 8, device=device)
+        return model(x).sum()
+
+    (f,) = check(not_moved, size=8, checks=["device"])
+    assert f.rule == "TR010" and "stays on the CPU" in f.title
+    assert f.evidence["source"] == "model = nn.Linear(8, 1)"
+    assert f.fix.after == "model = Net().to(x.device)"
+    assert not check(moved, size=8, checks=["device"])
+
+
+def test_graph_break_check_with_make_inputs_traces_the_computation_alone():
+    def step(x, w):
+        y = x @ w
+        if y.sum() > 0:  # data-dependent branch: a graph break
+            y = y * 2
+        return y.sum()
+
+    def make_inputs(T):
+        return torch.randn(T, 4), torch.randn(4, 2, requires_grad=True)
+
+    res = check(step, size=8, checks=["graph_breaks"], make_inputs=make_inputs)
+    assert [f.rule for f in res] == ["TR014"]
+    assert not any("building inputs" in n for n in res.notes)

@@ -119,6 +119,12 @@ async def test_harness_error_maps_to_cell_and_line(jp_fetch, kernel):
         res = done["result"]
         assert res is not None and not res["points"]
         assert any("RuntimeError" in s["reason"] or "shape" in s["reason"] for s in res["skipped"])
+        # the error names the notebook cell and the line in it that raised
+        assert done["state"] == "error"
+        err = done["error"]
+        assert err.get("cell") == 1, err
+        assert DEFS.splitlines()[err["line"] - 1].strip() == "return x.view(3, -1, 7, 11)"
+        assert "RuntimeError" in err["message"]
         again = await call(jp_fetch, "POST", "functions", body={"kernel_id": kid})
         assert again["functions"]
 
@@ -158,3 +164,25 @@ async def test_busy_kernel_is_409(jp_fetch, jp_serverapp, kernel):
             await asyncio.sleep(0.1)
         code, body = await call_error(jp_fetch, "POST", "probes", body={"kernel_id": kid, "function": "linear_harness"})
         assert code == 409 and "busy" in body["message"]
+
+
+async def test_isolated_probe_runs_definitions_only(jp_fetch, jp_serverapp):
+    km = jp_serverapp.kernel_manager
+    before = set(km.list_kernel_ids())
+    cells = [{"cell_type": "markdown", "source": "# demo"},
+             {"cell_type": "code", "source": "%matplotlib inline\nimport torch\nW = 256"},
+             {"cell_type": "code", "source": "def harness(T):\n    return torch.ones(T, W).sum()\n"},
+             {"cell_type": "code", "source": "raise SystemExit('a training cell must not run in isolated mode')"}]
+    started = await call(jp_fetch, "POST", "probes", body={
+        "isolated": True, "cells": cells, "function": "harness", "sizes": [128, 256, 512], "device": "cpu"})
+    assert started["isolated"] and started["kernel_id"] not in before
+    done = await wait_done(jp_fetch, started["id"])
+    assert done["state"] == "done", done["error"]
+    assert [p["size"] for p in done["result"]["points"]] == [128, 256, 512]
+    for _ in range(40):  # the scratch kernel is shut down afterwards
+        if set(km.list_kernel_ids()) == before:
+            break
+        await asyncio.sleep(0.25)
+    assert set(km.list_kernel_ids()) == before
+    code, body = await call_error(jp_fetch, "POST", "probes", body={"isolated": True, "function": "harness"})
+    assert code == 400 and "cells" in body["message"]

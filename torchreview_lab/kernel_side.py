@@ -91,7 +91,23 @@ def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
         if not callable(fn):
             _emit("error", kind="bad-function", message=f"{name!r} is not a function defined in this kernel")
             return
+        import functools
+
         from .measure import scale
+
+        raised: Dict[str, Any] = {}
+
+        @functools.wraps(fn)
+        def harness(*args, **kwargs):  # keeps the first traceback of the user's code for the report
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                import torch
+
+                if not raised and torch.get_default_device().type != "meta":  # not the meta-device prediction
+                    raised.update(kind="harness", message=f"{type(exc).__name__}: {exc}",
+                                  frames=_frames(exc.__traceback__))
+                raise
 
         def on_point(point) -> None:
             _emit("point", point={"size": point.size, "peak_bytes": point.peak_bytes, "seconds": point.seconds})
@@ -101,8 +117,9 @@ def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
                       time_budget=spec.get("time_budget"), backward=bool(spec.get("backward", False)), name=name)
         if "on_point" in inspect.signature(scale).parameters:
             kwargs["on_point"] = on_point
-        result = scale(fn, **kwargs)
+        result = scale(harness, **kwargs)
         data = result.to_json()
+        data["harness_error"] = raised or None
         data["site"] = _site(fn.__code__) if hasattr(fn, "__code__") else None
         if data["site"]:
             data["site"]["cell_source"] = _cell_source(data["site"]["filename"])

@@ -28,6 +28,9 @@ function notebookTarget(panel: NotebookPanel): IReviewTarget {
     get path() {
       return panel.context.path;
     },
+    get ready() {
+      return panel.context.ready;
+    },
     cells(): ICellPayload[] {
       const cells = panel.content.model?.cells;
       const out: ICellPayload[] = [];

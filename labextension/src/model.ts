@@ -21,6 +21,8 @@ export interface ICellPayload {
 export interface IReviewTarget {
   /** The notebook's path relative to the server root (a stable key). */
   readonly path: string;
+  /** Resolves once the notebook's content has loaded. */
+  readonly ready: Promise<void>;
   /** The notebook's current content, unsaved edits included. */
   cells(): ICellPayload[];
   /** The kernel language, when known. */
@@ -183,6 +185,7 @@ export class ReviewModel {
     this._error = null;
     this._changed.emit();
     try {
+      await target.ready;
       const review = await requestAPI<Review>('review', {
         method: 'POST',
         body: JSON.stringify({

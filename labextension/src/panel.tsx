@@ -244,7 +244,9 @@ function Status(props: { model: ReviewModel }): JSX.Element | null {
     return null;
   }
   const n = model.findings.length;
-  const at = model.reviewedAt ? ` · ${model.reviewedAt.toLocaleTimeString()}` : '';
+  const at = model.reviewedAt
+    ? ` · ${model.reviewedAt.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}`
+    : '';
   return (
     <div className="jp-TorchReview-status" data-status={model.status}>
       {n} {n === 1 ? 'finding' : 'findings'} · {review.summary.standard} standard{at}

@@ -81,6 +81,10 @@ def lab(tmp_path_factory):
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
+    # No "get notified about Jupyter news?" toast over the screenshots.
+    news = tmp / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "ui-server.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
@@ -116,7 +120,7 @@ def page(lab):  # function scope: Playwright's loop must stop before pytest-jupy
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        context = browser.new_context(viewport={"width": 1440, "height": 900}, service_workers="block")
         pg = context.new_page()
         pg.set_default_timeout(30_000)
         errors = []
@@ -158,6 +162,21 @@ STATE_JS = """() => {
 }"""
 
 
+def _widen_right_sidebar(page, width):
+    """Drag the handle between the main area and the right sidebar (for the screenshots)."""
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)").last
+    box = handle.bounding_box()
+    panel_box = page.locator("#torchreview-panel").bounding_box()
+    if not box or not panel_box or panel_box["width"] >= width:
+        return
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - (width - panel_box["width"]), y, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+
+
 def _review_done(page, standard):
     page.wait_for_selector(f'.jp-TorchReview-body[data-status="done"][data-standard="{standard}"]')
 
@@ -165,7 +184,10 @@ def _review_done(page, standard):
 def test_panel_reviews_jumps_and_switches_standard(lab, page):
     cell, line = _bug_location()
     page.goto(f"{lab['base']}/lab/tree/{DEMO.name}?token={lab['token']}")
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="visible", timeout=60_000)
+    n_cells = len(json.loads(DEMO.read_text(encoding="utf-8"))["cells"])
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.jp-NotebookPanel .jp-Cell').length === {n_cells}", timeout=60_000
+    )
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('torchreview:review')")
 
     # The panel lives in the right sidebar: open it from its tab.
@@ -178,13 +200,13 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
 
     # Review with the research standard; the torch.zeros finding appears at its cell and line.
     assert panel.locator(".jp-TorchReview-standardOption.jp-mod-selected").inner_text() == "Research"
-    with page.expect_response(lambda r: r.url.endswith("/torchreview-lab/review")) as resp_info:
+    with page.expect_response(lambda r: "/torchreview-lab/review" in r.url) as resp_info:
         panel.get_by_role("button", name="Review", exact=True).click()
     response = resp_info.value
     assert response.status == 200
     sent = json.loads(response.request.post_data)
     assert sent["standard"] == "research" and sent["path"] == DEMO.name
-    assert any(BUG_TEXT in c["source"] for c in sent["cells"])  # live editor content
+    assert any(BUG_TEXT in c["source"] for c in sent["cells"]), sent["cells"]  # live editor content
     _review_done(page, "research")
     row = panel.locator(f'.jp-TorchReview-finding[data-cell="{cell}"][data-line="{line}"]').first
     row.wait_for(state="visible")
@@ -214,13 +236,15 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
     if finding["fix"]:
         assert row.locator(".jp-TorchReview-code-after pre").inner_text().strip() == finding["fix"]["after"].strip()
     page.mouse.move(0, 0)
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    _widen_right_sidebar(page, 420)
     panel.screenshot(path=str(ARTIFACTS / "ui-panel-only.png"))
     page.screenshot(path=str(ARTIFACTS / "ui-panel.png"))
     if os.environ.get("TORCHREVIEW_UPDATE_SCREENSHOT"):
         shutil.copy(ARTIFACTS / "ui-panel.png", ROOT / "docs" / "screenshot-panel.png")
 
     # Production: switching re-reviews with the other standard.
-    with page.expect_response(lambda r: r.url.endswith("/torchreview-lab/review")) as resp_info:
+    with page.expect_response(lambda r: "/torchreview-lab/review" in r.url) as resp_info:
         panel.get_by_role("radio", name="Production").click()
     sent = json.loads(resp_info.value.request.post_data)
     assert sent["standard"] == "production"
@@ -237,7 +261,7 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
     palette = page.locator(".lm-CommandPalette-input")
     palette.wait_for(state="visible")
     palette.fill("TorchReview: Review notebook")
-    with page.expect_response(lambda r: r.url.endswith("/torchreview-lab/review")) as resp_info:
+    with page.expect_response(lambda r: "/torchreview-lab/review" in r.url) as resp_info:
         page.locator(".lm-CommandPalette-item", has_text="TorchReview: Review notebook").first.click()
     assert resp_info.value.status == 200
     assert json.loads(resp_info.value.request.post_data)["standard"] == "production"

@@ -84,7 +84,11 @@ def def_site(obj) -> Optional[Site]:
     target = inspect.unwrap(obj) if callable(obj) else obj
     try:
         path = inspect.getsourcefile(target) or inspect.getfile(target)
-        _, line = inspect.getsourcelines(target)
+        lines, line = inspect.getsourcelines(target)
+        for i, text in enumerate(lines):  # skip decorators: point at the def/class line
+            if text.lstrip().startswith(("def ", "async def ", "class ")):
+                line += i
+                break
     except (TypeError, OSError):
         code = getattr(target, "__code__", None)
         if code is None:

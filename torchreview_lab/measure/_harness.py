@@ -75,8 +75,7 @@ def frozen_heap():
     import gc
 
     froze = hasattr(gc, "freeze") and gc.get_freeze_count() == 0
-    if froze:
-        gc.collect()
+    if froze:  # no collection first: garbage frozen now is handed back by unfreeze()
         gc.freeze()
     try:
         yield

@@ -70,6 +70,13 @@ def load_function(spec: str) -> Tuple[Callable, str, str]:
     return obj, path, func
 
 
+def unload(fn: Callable) -> None:
+    """Drop the module ``load_function`` registered (leave no globals behind)."""
+    name = getattr(fn, "__module__", "") or ""
+    if name.startswith("_torchreview_user_"):
+        sys.modules.pop(name, None)
+
+
 def _sizes(text: str) -> List[int]:
     try:
         out = [int(s.replace("_", "")) for s in str(text).split(",") if s.strip()]
@@ -119,8 +126,8 @@ def run_scale(args: argparse.Namespace) -> int:
     from .probe import scale
 
     try:
-        fn, path, name = load_function(args.spec)
         sizes = _sizes(args.sizes)
+        fn, path, name = load_function(args.spec)
     except SpecError as e:
         return _err(str(e))
     try:
@@ -130,6 +137,8 @@ def run_scale(args: argparse.Namespace) -> int:
                     name=f"{path}:{name}")
     except ValueError as e:  # bad device and the like
         return _err(str(e))
+    finally:
+        unload(fn)
     if args.format == "json":
         print(json.dumps(res.to_json(), indent=2))
     else:
@@ -156,6 +165,8 @@ def run_check(args: argparse.Namespace) -> int:
         res = check(fn, size=args.size, checks=args.checks, make_inputs=make_inputs, device=args.device)
     except ValueError as e:
         return _err(str(e))
+    finally:
+        unload(fn)
     res.function = f"{path}:{name}"
     if args.format == "json":
         print(json.dumps(res.to_json(), indent=2))

@@ -212,3 +212,19 @@ def public_defs(module: cst.Module):
             for s in body:
                 if isinstance(s, cst.FunctionDef) and is_public_name(s.name.value):
                     yield s, stmt
+
+
+def doc_assigned_names(module: cst.Module) -> Set[str]:
+    """Names documented by assignment: ``Conv2d.__doc__ = r\"\"\"...\"\"\"`` at module level."""
+    out: Set[str] = set()
+    for stmt in module.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for s in stmt.body:
+                if isinstance(s, (cst.Assign, cst.AugAssign)):
+                    targets = [t.target for t in s.targets] if isinstance(s, cst.Assign) else [s.target]
+                    for t in targets:
+                        if isinstance(t, cst.Attribute) and t.attr.value == "__doc__":
+                            name = dotted_name(t.value)
+                            if name:
+                                out.add(name)
+    return out

@@ -71,7 +71,10 @@ class InplaceOnSavedTensor(Rule):
         fn = enclosing_function(self, node)
         if fn is None or in_no_grad(self, node):
             return
-        why = self._saved_output(fn, name) or self._saved_input(fn, name, self.line_of(node))
+        why, sev = self._saved_output(fn, name), None
+        if why is None:
+            # the input case depends on whether the *other* operand requires grad: less certain
+            why, sev = self._saved_input(fn, name, self.line_of(node)), "medium"
         if why is None:
             return
         self.report(
@@ -80,6 +83,7 @@ class InplaceOnSavedTensor(Rule):
             impact=("loss.backward() raises 'one of the variables needed for gradient computation has been modified "
                     "by an inplace operation' whenever the inputs require grad."),
             fix=Fix(before=self.code_for(node).strip(), after=f"{name} = <out-of-place version, e.g. {name} + 1>"),
+            severity=sev,
         )
 
     def _saved_output(self, fn, name: str) -> Optional[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import libcst as cst
 
 from ..findings import Fix
-from ._context import DOCUMENTED_OVERRIDES, docstring_of, is_overload_or_setter, public_defs
+from ._context import DOCUMENTED_OVERRIDES, doc_assigned_names, docstring_of, is_overload_or_setter, public_defs
 from .base import Invalid, Rule
 
 
@@ -38,6 +38,7 @@ class MissingDocstring(Rule):
         "def f(x):\n    \"\"\"Doubles x.\"\"\"\n    return 2 * x\n",
         "def _f(x):\n    return x\n",
         "import torch.nn as nn\nclass M(nn.Module):\n    \"\"\"A model.\"\"\"\n    def __init__(self):\n        super().__init__()\n    def forward(self, x):\n        return x\n",
+        "class Conv:\n    def __init__(self):\n        pass\nConv.__doc__ = 'A convolution.'\n",
     ]
     INVALID = [
         Invalid("def fit(model, data):\n    return model\n", line=1),
@@ -47,8 +48,10 @@ class MissingDocstring(Rule):
 
     def visit_Module(self, node: cst.Module) -> None:
         undocumented = {}
+        assigned = doc_assigned_names(node)
         for fn, cls in public_defs(node):
-            if docstring_of(fn) or is_overload_or_setter(self, fn):
+            qual = fn.name.value if cls is None else f"{cls.name.value}.{fn.name.value}"
+            if docstring_of(fn) or is_overload_or_setter(self, fn) or qual in assigned:
                 continue
             if cls is None:
                 self._report(fn, f"Public function `{fn.name.value}` has no docstring.")
@@ -57,7 +60,8 @@ class MissingDocstring(Rule):
                 continue
             undocumented.setdefault(cls, []).append(fn)
         for stmt in node.body:
-            if isinstance(stmt, cst.ClassDef) and not stmt.name.value.startswith(("_", "Test")) and not docstring_of(stmt):
+            if isinstance(stmt, cst.ClassDef) and not stmt.name.value.startswith(("_", "Test")) and not docstring_of(stmt) \
+                    and stmt.name.value not in assigned:
                 self._report(stmt, f"Public class `{stmt.name.value}` has no docstring.")
         for cls, fns in undocumented.items():
             names = ", ".join(f"`{f.name.value}`" for f in fns[:6]) + (" ..." if len(fns) > 6 else "")

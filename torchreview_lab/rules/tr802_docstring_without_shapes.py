@@ -45,6 +45,7 @@ class DocstringWithoutShapes(Rule):
         "from torch import Tensor\ndef f(x: Tensor) -> Tensor:\n    \"\"\"Double x: (batch, T) -> (batch, T).\"\"\"\n    return 2 * x\n",
         "def f(x):\n    \"\"\"Doubles x.\"\"\"\n    return 2 * x\n",
         "from torch import Tensor\ndef f(x: Tensor) -> Tensor:\n    \"\"\"Elementwise square; output has the same shape as x.\"\"\"\n    return x * x\n",
+        "from torch import Tensor, nn\nclass L(nn.Module):\n    \"\"\"Linear.\n\n    Shape:\n        - Input: (N, H)\n    \"\"\"\n    def forward(self, x: Tensor) -> Tensor:\n        \"\"\"Runs the forward pass.\"\"\"\n        return x\n",
     ]
     INVALID = [
         Invalid("from torch import Tensor\ndef score(e: Tensor) -> Tensor:\n    \"\"\"Score the emissions.\"\"\"\n    return e.sum(-1)\n", line=2),
@@ -52,10 +53,12 @@ class DocstringWithoutShapes(Rule):
     ]
 
     def visit_Module(self, node: cst.Module) -> None:
-        for fn, _cls in public_defs(node):
+        for fn, cls in public_defs(node):
             doc = docstring_of(fn)
             if not doc or _SHAPE_TEXT.search(doc):
                 continue
+            if cls is not None and _SHAPE_TEXT.search(docstring_of(cls) or ""):
+                continue  # shapes documented on the class (the torch.nn "Shape:" section)
             p = fn.params
             params = [x for x in list(p.posonly_params) + list(p.params) + list(p.kwonly_params)
                       if is_tensor_annotation(x.annotation)]

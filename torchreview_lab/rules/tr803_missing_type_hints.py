@@ -13,7 +13,8 @@ class MissingTypeHints(Rule):
     What it does:
         Under the production standard, flags public functions and methods with unannotated
         parameters (``self``/``cls``/``*args``/``**kwargs`` aside) or no return annotation
-        (``__init__`` aside). Once per function, naming what is missing.
+        (``__init__`` aside). Once per top-level function, and once per class for its methods,
+        naming what is missing.
 
     Why is this bad:
         Type checkers and IDEs cannot catch a ``list`` passed where a ``Tensor`` is expected or an
@@ -42,6 +43,7 @@ class MissingTypeHints(Rule):
     ]
 
     def visit_Module(self, node: cst.Module) -> None:
+        per_class = {}
         for fn, cls in public_defs(node):
             if is_overload_or_setter(self, fn):
                 continue
@@ -53,16 +55,28 @@ class MissingTypeHints(Rule):
             no_return = fn.returns is None and fn.name.value != "__init__"
             if not missing and not no_return:
                 continue
+            if cls is not None:
+                per_class.setdefault(cls, []).append(fn)
+                continue
             parts = []
             if missing:
                 parts.append("parameters " + ", ".join(f"`{m}`" for m in missing[:6]) + (" ..." if len(missing) > 6 else ""))
             if no_return:
                 parts.append("the return value")
-            self.report(
-                fn.name,
-                problem=f"`{fn.name.value}` has no type hints for {' and '.join(parts)}.",
-                impact=("Type checkers and IDEs cannot catch a wrong argument (a list for a Tensor, an int for a "
-                        "module), and readers cannot tell tensors from sizes."),
-                fix=Fix(before=f"def {fn.name.value}({', '.join(x.name.value for x in params)}):",
-                        after=f"def {fn.name.value}({', '.join(x.name.value + ': ...' for x in params)}) -> ...:"),
-            )
+            self._report(fn, f"`{fn.name.value}` has no type hints for {' and '.join(parts)}.",
+                         f"def {fn.name.value}({', '.join(x.name.value for x in params)}):",
+                         f"def {fn.name.value}({', '.join(x.name.value + ': ...' for x in params)}) -> ...:")
+        for cls, fns in per_class.items():
+            names = ", ".join(f"`{f.name.value}`" for f in fns[:6]) + (" ..." if len(fns) > 6 else "")
+            self._report(fns[0], f"Public method{'s' if len(fns) > 1 else ''} of `{cls.name.value}` without complete "
+                                 f"type hints: {names}.",
+                         f"def {fns[0].name.value}(self, x):", f"def {fns[0].name.value}(self, x: Tensor) -> Tensor:")
+
+    def _report(self, fn: cst.FunctionDef, problem: str, before: str, after: str) -> None:
+        self.report(
+            fn.name,
+            problem=problem,
+            impact=("Type checkers and IDEs cannot catch a wrong argument (a list for a Tensor, an int for a "
+                    "module), and readers cannot tell tensors from sizes."),
+            fix=Fix(before=before, after=after),
+        )

@@ -42,26 +42,57 @@ class Probe:
     started: float = field(default_factory=time.time)
     finished: Optional[float] = None
     task: Optional[asyncio.Task] = None
+    isolated: bool = False  # runs in a scratch kernel that is shut down afterwards
+    scratch_sources: Dict[str, Any] = field(default_factory=dict)  # isolated: code -> (cell, line map)
 
     def to_json(self) -> Dict[str, Any]:
         return {
             "id": self.id, "kernel_id": self.kernel_id, "function": self.function, "state": self.state,
             "points": list(self.points), "result": self.result, "error": self.error, "findings": self.findings,
-            "spec": self.spec, "started": self.started, "finished": self.finished,
+            "spec": self.spec, "isolated": self.isolated, "started": self.started, "finished": self.finished,
             "elapsed": (self.finished or time.time()) - self.started,
         }
 
 
-def locate_in_cells(cells: Optional[List[Dict[str, Any]]], cell_source: Optional[str], line: int):
-    """(cell index, line) of kernel code whose source text equals a notebook cell's source."""
+def _lines(text: str):
+    """Lines without the leading blank lines IPython's input transformer drops, and how many were dropped."""
+    lines = text.rstrip().split("\n")
+    k = 0
+    while k < len(lines) and not lines[k].strip():
+        k += 1
+    return lines[k:], k
+
+
+def _same_cell(kernel_lines, cell_lines) -> bool:
+    """IPython runs a transformed cell: magics become ``get_ipython()...`` calls, one line each."""
+    if len(kernel_lines) != len(cell_lines):
+        return False
+    for k, c in zip(kernel_lines, cell_lines):
+        if k.rstrip() != c.rstrip() and not (c.lstrip().startswith(("%", "!")) or "get_ipython()" in k):
+            return False
+    return True
+
+
+def locate_in_cells(cells: Optional[List[Dict[str, Any]]], cell_source: Optional[str], line: Optional[int],
+                    scratch: Optional[Dict[str, Any]] = None):
+    """(cell index, line in that cell) of code the kernel ran, found by matching its source text
+    with the notebook's cells (or, in isolated mode, with the definitions re-run from a cell, mapped
+    back through their line map). (None, None) when no cell matches."""
     if not cells or not cell_source:
         return None, None
     want = cell_source.rstrip()
+    if scratch and want in scratch:
+        index, line_map = scratch[want]
+        return index, (line_map[line - 1] if line and 0 < line <= len(line_map) else line)
+    k_lines, k_skip = _lines(cell_source)
     for i, c in enumerate(cells):
+        if c.get("cell_type", "code") != "code":
+            continue
         src = c.get("source", "")
         src = "".join(src) if isinstance(src, list) else str(src)
-        if c.get("cell_type", "code") == "code" and src.rstrip() == want:
-            return i, line
+        c_lines, c_skip = _lines(src)
+        if _same_cell(k_lines, c_lines):
+            return i, (line - k_skip + c_skip if line else line)
     return None, None
 
 
@@ -220,11 +251,21 @@ class ProbeService:
 
     async def start(self, body: Dict[str, Any]) -> Dict[str, Any]:
         spec = self._spec(body)
-        kid = await self.kernel_for(body)
-        await self._check_idle(kid)
-        await self._client(kid)  # dead kernel -> 409 now, not later
+        isolated = bool(body.get("isolated", False))
+        cells = body.get("cells") if isinstance(body.get("cells"), list) else None
+        if isolated:
+            if cells is None:
+                raise BadRequest("isolated mode needs the notebook's 'cells' (a list) to re-run its definitions")
+            kernel_name = body.get("kernel_name")
+            if kernel_name is not None and not isinstance(kernel_name, str):
+                raise BadRequest("'kernel_name' must be a string")
+            kid = await self.km.start_kernel(**({"kernel_name": kernel_name} if kernel_name else {}))
+        else:
+            kid = await self.kernel_for(body)
+            await self._check_idle(kid)
+            await self._client(kid)  # dead kernel -> 409 now, not later
         probe = Probe(id=uuid.uuid4().hex[:12], kernel_id=kid, function=spec["function"], spec=spec,
-                      cells=body.get("cells") if isinstance(body.get("cells"), list) else None,
+                      cells=cells, isolated=isolated,
                       path=body.get("path") if isinstance(body.get("path"), str) else None)
         self.probes[probe.id] = probe
         self.running[kid] = probe.id
@@ -254,6 +295,17 @@ class ProbeService:
 
         grace = 30.0
         try:
+            if probe.isolated:
+                from ..isolated import definition_cells
+
+                for index, defs_code, line_map in definition_cells(probe.cells or []):
+                    probe.scratch_sources[defs_code.rstrip()] = (index, line_map)
+                    defs = await self._execute(probe.kernel_id, defs_code, lambda e: None, timeout=300)
+                    if defs.get("status") == "error":
+                        probe.error = {"kind": "definitions", "cell": index, "message":
+                                       f"re-running the definitions of cell {index + 1} in the scratch kernel "
+                                       f"failed: {defs.get('ename')}: {defs.get('evalue')}"}
+                        return
             content = await self._execute(probe.kernel_id, code, on_event,
                                           timeout=float(probe.spec.get("time_budget", 120)) * 2 + grace)
             err = self._import_error(content)
@@ -267,6 +319,15 @@ class ProbeService:
         except Exception as exc:  # noqa: BLE001 - a probe must never take the server down
             probe.error = {"kind": "server", "message": f"{type(exc).__name__}: {exc}"}
             self.clients.pop(probe.kernel_id, None)
+        finally:
+            self._finish(probe)
+
+    def _finish(self, probe: Probe) -> None:
+        if probe.result is not None and probe.result.get("harness_error"):
+            mapped = self._map_error(probe, probe.result["harness_error"])
+            probe.result["harness_error"] = mapped
+            if not probe.result.get("points") and probe.error is None:
+                probe.error = mapped
         if probe.result is not None:
             if not probe.points:
                 probe.points = list(probe.result.get("points", []))
@@ -276,11 +337,23 @@ class ProbeService:
         probe.finished = time.time()
         if self.running.get(probe.kernel_id) == probe.id:
             self.running.pop(probe.kernel_id, None)
+        if probe.isolated:
+            asyncio.ensure_future(self._shutdown_scratch(probe.kernel_id))
+
+    async def _shutdown_scratch(self, kid: str) -> None:
+        client = self.clients.pop(kid, None)
+        if client is not None:
+            client.stop_channels()
+        try:
+            await self.km.shutdown_kernel(kid, now=True)
+        except Exception as exc:  # noqa: BLE001
+            if self.log:
+                self.log.warning("torchreview_lab: scratch kernel shutdown failed: %s", exc)
 
     def _map_error(self, probe: Probe, ev: Dict[str, Any]) -> Dict[str, Any]:
         out = {"kind": ev.get("kind", "harness"), "message": ev.get("message", "")}
         for fr in reversed(ev.get("frames") or []):
-            cell, line = locate_in_cells(probe.cells, fr.get("cell_source"), fr.get("line"))
+            cell, line = locate_in_cells(probe.cells, fr.get("cell_source"), fr.get("line"), probe.scratch_sources)
             if cell is not None:
                 out.update(cell=cell, line=line, text=fr.get("text"))
                 break
@@ -298,7 +371,7 @@ class ProbeService:
             return []
         res = ScalingResult.from_json({k: v for k, v in probe.result.items() if k != "site"})
         site = probe.result.get("site") or {}
-        cell, line = locate_in_cells(probe.cells, site.get("cell_source"), site.get("line"))
+        cell, line = locate_in_cells(probe.cells, site.get("cell_source"), site.get("line"), probe.scratch_sources)
         out = []
         for f in scaling_findings(res):
             d = f.to_json()

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ...findings import Fix
-from .._frames import site_from_traceback, user_site
+from .._frames import site_from_traceback, source_line, user_site
 from ..meta import _FACTORIES, MetaSkip, _Answers, _Shim
 from ..rules import make_finding
 from ._base import CheckContext, describe
@@ -122,14 +122,20 @@ def check_devices(ctx: CheckContext) -> list:
             continue
         seen.add(key)
         if ev["origin"] is not None:
+            direct = f"{ev['factory']}(" in source_line(ev["origin"][0], ev["origin"][1])
+            title = (f"torch.{ev['factory']}() without device= creates a CPU tensor" if direct else
+                     "A tensor made here stays on the CPU (a module or helper creates it without device=)")
+            what = (f"torch.{ev['factory']}(...) is called without device=" if direct else
+                    f"this line creates a tensor through torch.{ev['factory']} inside a module or helper (e.g. "
+                    "the parameters of an nn.Module that is never moved with .to(device))")
             findings.append(make_finding(
-                "TR010", f"torch.{ev['factory']}() without device= creates a CPU tensor", ev["origin"],
-                problem=f"torch.{ev['factory']}(...) is called without device=, so the tensor is made on the "
-                        f"CPU while the inputs are on another device; it is then used by {ev['op']} at "
-                        f"{describe(ev['site'])}.",
+                "TR010", title, ev["origin"],
+                problem=f"{what}, so the tensor is made on the CPU while the inputs are on another device; it "
+                        f"is then used by {ev['op']} at {describe(ev['site'])}.",
                 impact="on a GPU this raises 'Expected all tensors to be on the same device' (or silently "
                        "runs on the CPU and copies every step)",
-                fix=Fix(before=f"torch.{ev['factory']}(...)", after=f"torch.{ev['factory']}(..., device=x.device)"),
+                fix=Fix(before=f"torch.{ev['factory']}(...)", after=f"torch.{ev['factory']}(..., device=x.device)")
+                if direct else Fix(before="model = Net()", after="model = Net().to(x.device)"),
                 evidence={"op": ev["op"], "used_at": describe(ev["site"]), "cpu_shapes": ev["shapes"]}))
         else:
             findings.append(make_finding(

@@ -1,0 +1,148 @@
+"""Benchmark of the dynamic review engine (CPU or CUDA).
+
+1. Tracking overhead: the median time of a harness run under the memory tracker (CPU: profiler
+   memory events; CUDA: peak-memory counters) over the median of a plain run. Target <= 1.5x.
+2. Extrapolation error: probe at T = 256..2048, predict memory and time at 8x the largest size
+   (T = 16,384) and compare with a real run there. Target <= 10% (memory); time is reported too.
+   The meta-device prediction at 16,384 is compared as well.
+
+Run: ``python bench/bench_measure.py [--device cpu|cuda] [--json out.json]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from torchreview_lab.measure import meta_run, scale  # noqa: E402
+from torchreview_lab.measure._harness import call_harness, run_backward, single_thread  # noqa: E402
+from torchreview_lab.measure.trackers import real_tracker  # noqa: E402
+
+K, C = 8, 8
+
+
+def edges(T, device="cpu"):
+    """A (T, K, C, C) edge tensor filled in a loop over K, then logsumexp (the CRF pattern)."""
+    e = torch.empty(T, K, C, C, device=device)
+    for k in range(K):
+        e[:, k] = torch.randn(T, C, C, device=device)
+    return torch.logsumexp(e, dim=(-1, -2)).sum()
+
+
+def attention(T, device="cpu"):
+    """O(T^2): single-head attention scores over T positions."""
+    q = torch.randn(T, 32, device=device)
+    return torch.softmax(q @ q.T / 32 ** 0.5, dim=-1).sum()
+
+
+def mlp_train(T, device="cpu"):
+    """Forward + backward of a 2-layer MLP on a batch of T."""
+    w1 = torch.randn(64, 256, device=device, requires_grad=True)
+    w2 = torch.randn(256, 1, device=device, requires_grad=True)
+    x = torch.randn(T, 64, device=device)
+    loss = (torch.relu(x @ w1) @ w2).pow(2).mean()
+    loss.backward()
+    return loss.detach()
+
+
+CASES = {"edges": edges, "attention": attention, "mlp_train": mlp_train}
+
+
+def _sync(dev):
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def overhead(fn, T, dev, reps):
+    plain, tracked = [], []
+    call_harness(fn, T, dev)  # warm-up
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = call_harness(fn, T, dev)
+        _sync(dev)
+        plain.append(time.perf_counter() - t0)
+        del out
+        t0 = time.perf_counter()
+        with real_tracker(dev):
+            out = call_harness(fn, T, dev)
+            _sync(dev)
+        tracked.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(plain), statistics.median(tracked), min(plain), min(tracked)
+
+
+def real_at(fn, T, dev, reps=5):
+    tr = real_tracker(dev)
+    with tr:
+        out = call_harness(fn, T, dev)
+        _sync(dev)
+    del out
+    times = []
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = call_harness(fn, T, dev)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+        del out
+    return tr.peak_bytes, statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--reps", type=int, default=25)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    dev = args.device
+    sizes, far = (256, 512, 1024, 2048), 16384
+    rows = []
+    print(f"torch {torch.__version__} on {dev}; probe sizes {sizes}, extrapolated to T={far:,} (8x)")
+    print(f"{'case':<10} {'T':>6} {'plain':>9} {'tracked':>9} {'ovh med':>7} {'ovh min':>7} | {'mem exp':>7} {'mem err':>8} "
+          f"{'meta err':>8} {'time exp':>8} {'time err':>8} {'probe s':>7}")
+    for name, fn in CASES.items():
+        with single_thread(dev):
+            p, t, pmin, tmin = overhead(fn, 2048, dev, args.reps)
+        t0 = time.perf_counter()
+        res = scale(fn, sizes=sizes, target=far, device=dev, repeats=7)
+        probe_s = time.perf_counter() - t0
+        with single_thread(dev):
+            real_mem, real_t = real_at(fn, far, dev)
+        pred_mem, pred_t = res.target.peak_bytes, res.target.seconds
+        meta = meta_run(fn, far)
+        row = {
+            "case": name, "overhead_T": 2048, "plain_s": p, "tracked_s": t, "overhead": t / p, "overhead_min": tmin / pmin,
+            "memory_exponent": res.memory_fit.exponent, "time_exponent": res.time_fit.exponent,
+            "predicted_bytes": pred_mem, "real_bytes": real_mem, "memory_error": abs(pred_mem - real_mem) / real_mem,
+            "meta_bytes": meta.peak_bytes,
+            "meta_error": abs(meta.peak_bytes - real_mem) / real_mem if meta.ok else None,
+            "predicted_s": pred_t, "real_s": real_t, "time_error": abs(pred_t - real_t) / real_t,
+            "probe_seconds": probe_s,
+        }
+        rows.append(row)
+        meta_err = f"{row['meta_error']:.1%}" if row["meta_error"] is not None else "-"
+        print(f"{name:<10} {2048:>6} {p * 1e3:>7.2f}ms {t * 1e3:>7.2f}ms {t / p:>6.2f}x {tmin / pmin:>6.2f}x | "
+              f"{row['memory_exponent']:>7.2f} {row['memory_error']:>8.1%} {meta_err:>8} "
+              f"{row['time_exponent']:>8.2f} {row['time_error']:>8.1%} {probe_s:>7.2f}")
+    worst_o = max(r["overhead"] for r in rows)
+    worst_min = max(r["overhead_min"] for r in rows)
+    worst_m = max(r["memory_error"] for r in rows)
+    time_errs = ", ".join(f"{r['case']} {r['time_error']:.0%}" for r in rows)
+    print(f"worst overhead {worst_o:.2f}x by medians, {worst_min:.2f}x by minima (target <= 1.5x); worst memory extrapolation error {worst_m:.1%} "
+          f"(target <= 10%); time errors: {time_errs}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": dev, "torch": torch.__version__, "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from typing import List, Optional
+
+import libcst as cst
+
+from ..findings import Fix
+from ._flow import canonical_size
+from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
+from ._torch import enclosing_function, is_method_call, method_call, positional, torch_function
+from .base import Invalid, Rule
+from .tr101_materialized_loop_tensor import shape_dims
+
+
+def _none_positions(e) -> Optional[tuple]:
+    """``("x", (2,))`` for ``x[:, :, None]``; ``("x", (1,))`` for ``x.unsqueeze(1)``."""
+    if isinstance(e, cst.Subscript) and isinstance(e.value, cst.Name):
+        pos = tuple(i for i, s in enumerate(e.slice) if isinstance(s.slice, cst.Index)
+                    and isinstance(s.slice.value, cst.Name) and s.slice.value.value == "None")
+        other = [s for s in e.slice if not (isinstance(s.slice, cst.Index) and isinstance(s.slice.value, cst.Name)
+                                            and s.slice.value.value == "None")]
+        if pos and all(isinstance(s.slice, cst.Slice) and s.slice.lower is None and s.slice.upper is None
+                       or isinstance(s.slice, cst.Index) and isinstance(s.slice.value, cst.Ellipsis) for s in other):
+            return e.value.value, pos
+    mc = method_call(e) if isinstance(e, cst.Call) else None
+    if mc and mc[1] == "unsqueeze" and isinstance(mc[0], cst.Name) and len(e.args) == 1 \
+            and isinstance(e.args[0].value, (cst.Integer, cst.UnaryOperation)):
+        return mc[0].value, (cst.Module(body=[]).code_for_node(e.args[0].value),)
+    return None
+
+
+class PairwiseSequenceTensor(Rule):
+    """A tensor with two sequence-sized dimensions (T x T) is materialized.
+
+    What it does:
+        Flags shape factories whose shape repeats a size read from a tensor's shape
+        (``T = x.shape[1]; torch.zeros(B, T, T)``) and broadcast outer operations of a tensor with
+        itself (``x[:, :, None] - x[:, None, :]``, ``x.unsqueeze(1) * x.unsqueeze(2)``).
+
+    Why is this bad:
+        Memory grows as O(T^2): a float32 (T, T) tensor is 40 MB at T = 3,200 but 640 GB at
+        T = 400,000. Code tested on short sequences fails with out-of-memory on real lengths.
+
+    Example:
+        T = x.shape[1]
+        dist = x[:, :, None] - x[:, None, :]      # (B, T, T)
+
+    Use instead:
+        Work on blocks or windows (only |i - j| <= K is needed in a semi-Markov model), stream
+        over one of the two axes, or use fused kernels (``torch.cdist``, scaled_dot_product_attention)
+        that avoid the full intermediate.
+    """
+
+    code = "TR102"
+    title = "T x T tensor materialized (quadratic memory)"
+    category = "memory-complexity"
+    severity = {"research": "medium", "production": "medium"}
+    VALID = [
+        "import torch\ndef f(n):\n    return torch.zeros(n, n)\n",
+        "import torch\ndef f(x):\n    B, T, C = x.shape\n    return torch.zeros(B, T, C)\n",
+        "def f(x, y):\n    return x[:, None] - y[None, :]\n",
+    ]
+    INVALID = [
+        Invalid("import torch\ndef f(x):\n    T = x.shape[1]\n    return torch.zeros(x.shape[0], T, T)\n", line=4),
+        Invalid("def f(x):\n    return x[:, :, None] - x[:, None, :]\n", line=2),
+        Invalid("def f(h):\n    return h.unsqueeze(1) * h.unsqueeze(2)\n", line=2),
+    ]
+
+    def visit_Call(self, node: cst.Call) -> None:
+        fname = torch_function(self, node)
+        if fname not in SHAPE_FACTORIES and fname not in SIZE_ARG_POSITION:
+            return
+        dims = shape_dims(self, node, fname)
+        if not dims or len(dims) < 2:
+            return
+        fn = enclosing_function(self, node)
+        canon = [canonical_size(self, fn, d) if isinstance(d, (cst.Name, cst.Subscript, cst.Call)) else None for d in dims]
+        seen = {}
+        for c in canon:
+            if c and ".shape[" in c:
+                seen[c] = seen.get(c, 0) + 1
+        rep = [c for c, n in seen.items() if n >= 2]
+        if not rep:
+            return
+        self.report(
+            node,
+            problem=(f"`{self.code_for(node)}` materializes two dimensions of size `{rep[0]}`, a size read from the data."),
+            impact="Memory grows quadratically with the sequence length: 640 GB in float32 at T = 400,000.",
+            fix=Fix(before=self.code_for(node), after="# keep only the band |i - j| <= K, or stream over one axis"),
+            evidence={"repeated_dim": rep[0]},
+        )
+
+    def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
+        if not isinstance(node.operator, (cst.Subtract, cst.Add, cst.Multiply, cst.Divide)):
+            return
+        lp, rp = _none_positions(node.left), _none_positions(node.right)
+        if not lp or not rp or lp[0] != rp[0] or lp[1] == rp[1]:
+            return
+        self.report(
+            node,
+            problem=(f"`{self.code_for(node)}` broadcasts `{lp[0]}` against itself, materializing every pair of "
+                     f"positions (an O(T^2) tensor)."),
+            impact="Memory and time grow quadratically with the length of that axis: out-of-memory on long sequences.",
+            fix=Fix(before=self.code_for(node),
+                    after="# restrict to the pairs needed (a band of width K, torch.cdist, chunking over one axis)"),
+        )
