@@ -188,3 +188,36 @@ def test_plot_and_notebook_rendering():
     assert "application/vnd.plotly.v1+json" in bundle and bundle["text/plain"] == str(res)
     json.dumps(bundle["application/vnd.plotly.v1+json"])
     gc.collect()
+
+
+def test_backward_option_measures_forward_and_backward():
+    def fwd(T):
+        w = torch.randn(64, 64, requires_grad=True)
+        return (torch.randn(T, 64) @ w).tanh().sum()
+
+    plain = _scale(fwd, sizes=(128, 256), meta=False)
+    both = _scale(fwd, sizes=(128, 256), meta=False, backward=True)
+    for a, b in zip(plain.points, both.points):
+        assert b.peak_bytes > a.peak_bytes  # the backward's buffers (grad of the (T, 64) activations)
+    m = meta_run(fwd, 256, backward=True)
+    assert m.ok and m.peak_bytes >= both.points[1].peak_bytes * 0.8
+
+
+def test_device_resolution_on_cpu_only_build():
+    from torchreview_lab.measure.probe import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch.cuda.is_available"):
+            scale(scaling.linear, sizes=(64,), device="cuda")
+    with pytest.raises(ValueError):
+        resolve_device("mps-nope")
+
+
+def test_text_and_plot_without_target():
+    res = _scale(scaling.linear, sizes=(64, 128, 256))
+    assert res.target is None
+    assert res.verdict() == "O(T^1.00) memory."
+    assert "at T=" not in str(res)
+    fig = res.plot()
+    assert {t.name for t in fig.data} >= {"measured memory", "measured time"}

@@ -20,6 +20,12 @@ def slow_harness(T):
     time.sleep(3)
     return torch.ones(T).sum()
 
+def masked_harness(T, device="cpu"):
+    x = torch.randn(4, T, device=device, requires_grad=True)
+    mask = torch.zeros(4, T)
+    mask[:, : T // 2] = 1
+    return (x * mask).sum()
+
 def broken(T):
     x = torch.ones(T)
     return x.view(3, -1, 7, 11)
@@ -186,3 +192,18 @@ async def test_isolated_probe_runs_definitions_only(jp_fetch, jp_serverapp):
     assert set(km.list_kernel_ids()) == before
     code, body = await call_error(jp_fetch, "POST", "probes", body={"isolated": True, "function": "harness"})
     assert code == 400 and "cells" in body["message"]
+
+
+async def test_probe_with_runtime_checks_maps_findings_to_cells(jp_fetch, kernel):
+    async with kernel as (kid, _):
+        cells = [{"cell_type": "markdown", "source": "# t"}, {"cell_type": "code", "source": DEFS, "id": "defs"}]
+        started = await call(jp_fetch, "POST", "probes", body={
+            "kernel_id": kid, "function": "masked_harness", "sizes": [64, 128, 256], "device": "cpu",
+            "checks": True, "cells": cells, "path": "nb.ipynb"})
+        done = await wait_done(jp_fetch, started["id"])
+        assert done["state"] == "done", done["error"]
+        device = [f for f in done["findings"] if f["rule"] == "TR010"]
+        assert device, (done["findings"], done["notes"])
+        f = device[0]
+        assert f["cell"] == 1 and f["path"] == "nb.ipynb" and f["cell_id"] == "defs"
+        assert DEFS.splitlines()[f["line"] - 1].strip() == "mask = torch.zeros(4, T)"

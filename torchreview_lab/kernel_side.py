@@ -124,7 +124,23 @@ def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
         if data["site"]:
             data["site"]["cell_source"] = _cell_source(data["site"]["filename"])
         _emit("result", result=data)
+        if spec.get("checks"):
+            run_checks(fn, min(kwargs["sizes"]), kwargs["device"])
     except KeyboardInterrupt:
         _emit("cancelled", message="interrupted")
     except Exception as exc:  # noqa: BLE001 - reported to the server, never raised into the kernel
         _emit("error", kind="harness", message=f"{type(exc).__name__}: {exc}", frames=_frames(exc.__traceback__))
+
+
+def run_checks(fn, size: int, device: str = "auto") -> None:
+    """Runtime checks (devices, syncs, gradients, NaN/Inf, graph breaks, leaks) of the harness at a
+    small size; each finding carries the source of the cell it points into, for the server to map."""
+    from .measure import check
+
+    result = check(fn, size=size, device=device)
+    findings = []
+    for f in result:
+        d = f.to_json()
+        d["cell_source"] = _cell_source(f.path)
+        findings.append(d)
+    _emit("checks", findings=findings, notes=list(result.notes))

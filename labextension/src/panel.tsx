@@ -26,6 +26,18 @@ export interface IPanelActions {
   jump(f: Finding): void;
 }
 
+/** Text with `backticked` spans shown as inline code (the engine's messages use them). */
+function Prose(props: { text: string }): JSX.Element {
+  const parts = props.text.split('`');
+  return (
+    <>
+      {parts.map((part, i) =>
+        i % 2 === 1 && i < parts.length - 1 ? <code key={i}>{part}</code> : <React.Fragment key={i}>{part}</React.Fragment>
+      )}
+    </>
+  );
+}
+
 function titleCase(s: string): string {
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
@@ -136,7 +148,9 @@ function Row(props: { f: Finding; model: ReviewModel; actions: IPanelActions }):
           {expanded ? '▾' : '▸'}
         </button>
         <span className="jp-TorchReview-rule">{f.rule}</span>
-        <span className="jp-TorchReview-title">{f.title}</span>
+        <span className="jp-TorchReview-title">
+          <Prose text={f.title} />
+        </span>
         <span className="jp-TorchReview-location">{locationLabel(f)}</span>
       </div>
       {expanded && (
@@ -146,11 +160,11 @@ function Row(props: { f: Finding; model: ReviewModel; actions: IPanelActions }):
             {f.autofix && <span className="jp-TorchReview-autofix">autofix</span>}
           </div>
           <p>
-            <strong>Problem.</strong> {f.problem}
+            <strong>Problem.</strong> <Prose text={f.problem} />
           </p>
           {f.impact && (
             <p>
-              <strong>Impact.</strong> {f.impact}
+              <strong>Impact.</strong> <Prose text={f.impact} />
             </p>
           )}
           {f.fix && (
@@ -211,7 +225,9 @@ function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.El
           <h3 className="jp-TorchReview-groupHeader">Positive observations</h3>
           <ul>
             {(review.observations ?? []).map((o, i) => (
-              <li key={i}>{o}</li>
+              <li key={i}>
+                <Prose text={o} />
+              </li>
             ))}
           </ul>
         </section>

@@ -31,7 +31,10 @@ META_DISAGREE = 0.20
 def resolve_device(device: str = "auto") -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto'; got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but torch.cuda.is_available() is False")
     if dev.type not in ("cpu", "cuda"):

@@ -85,14 +85,18 @@ class ProfilerMemoryTracker:
         if torch.autograd.profiler._is_profiler_enabled:
             raise RuntimeError("a torch profiler is already running; the memory tracker needs its own")
         try:
-            from torch._C._profiler import ProfilerConfig, ProfilerState, _ExperimentalConfig
+            from torch._C._profiler import ProfilerConfig, ProfilerState, RecordScope, _ExperimentalConfig
             from torch.autograd import ProfilerActivity
 
+            # (state, report_input_shapes, profile_memory, with_stack, with_flops, with_modules, experimental)
             cfg = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())
             acts = {ProfilerActivity.CPU}
+            # Only user-scope record_functions: no event per aten op. Memory events do not go through
+            # record-function callbacks, so all of them are kept, and the post-processing at stop
+            # shrinks from ~90 µs to ~17 µs per op.
             with _quiet_stderr():
                 torch.autograd._prepare_profiler(cfg, acts)
-                torch.autograd._enable_profiler(cfg, acts)
+                torch.autograd._enable_profiler(cfg, acts, {RecordScope.USER_SCOPE})
             self._mode = "lowlevel"
         except (ImportError, AttributeError, TypeError, RuntimeError):
             self._prof = torch.profiler.profile(

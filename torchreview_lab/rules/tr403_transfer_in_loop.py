@@ -80,12 +80,25 @@ class TransferInLoop(Rule):
         "def f(xs, device):\n    for x in xs:\n        x = x.to(device)\n    return x\n",
         "def f(x, device, steps):\n    x = x.to(device)\n    for _ in range(steps):\n        x = x * 2\n    return x\n",
         "def f(ctx, a, n):\n    for i in range(n):\n        t = ctx.to(ctx.mul(a, i), dtype=a.dtype)\n    return t\n",
+        "def f(scale, groups):\n    for device, ts in groups.items():\n        s = scale.to(device)\n    return s\n",
         "def f(x, steps):\n    for i in range(steps):\n        x = x + 1\n        y = x.cpu()\n    return y\n",
     ]
     INVALID = [
         Invalid("def train(model, x, y, device, steps):\n    for _ in range(steps):\n        out = model(x.to(device))\n    return out\n", line=3),
         Invalid("def ev(model, w, n):\n    r = []\n    for i in range(n):\n        r.append(model(i) * w.cpu())\n    return r\n", line=4),
     ]
+
+    def _target_varies(self, node: cst.Call) -> bool:
+        """``x.to(device)`` where the loop rebinds ``device``: a copy per device, not a repeat."""
+        from ._torch import names_in
+
+        used = set()
+        for a in node.args:
+            used |= names_in(a.value)
+        for lp in enclosing_loops(self, node):
+            if isinstance(lp, (cst.For, cst.While)) and used & _assigned_in(lp):
+                return True
+        return False
 
     def _device_target(self, node: cst.Call) -> bool:
         dev = [a for a in node.args if a.keyword is not None and a.keyword.value == "device"]
@@ -113,7 +126,7 @@ class TransferInLoop(Rule):
             return  # a dtype cast or an unrelated ``.to`` method, not a transfer
         mc = method_call(node)
         name = loop_invariant_name(self, node, mc[0]) if mc else None
-        if name is None:
+        if name is None or self._target_varies(node):
             return
         call = self.code_for(node)
         self.report(

@@ -6,8 +6,8 @@ import libcst as cst
 
 from ..findings import Fix
 from ._context import graph_function
-from ._knowledge import STRICT_SYNC_METHODS
-from ._torch import in_loop_body, is_method_call, method_call, torch_function
+from ._knowledge import STRICT_SYNC_METHODS, TENSOR_FACTORIES
+from ._torch import in_loop_body, is_method_call, kwarg, method_call, torch_function
 from .base import Invalid, Rule
 
 _EXPLAIN = {
@@ -81,6 +81,7 @@ class SyncInLoop(Rule):
     VALID = [
         "import torch\ndef run(model, xs):\n    outs = [model(x).detach() for x in xs]\n    return torch.cat(outs).cpu().numpy()\n",
         "def total(losses):\n    s = 0\n    for l in losses:\n        s = s + l.detach()\n    return s.item()\n",
+        "import torch\ndef order(n, g, epochs):\n    for _ in range(epochs):\n        yield from torch.randperm(n, generator=g).tolist()\n",
         "import torch\nclass M(torch.nn.Module):\n    def forward(self, xs):\n        for x in xs:\n            v = x.item()\n        return v\n",
     ]
     INVALID = [
@@ -95,6 +96,8 @@ class SyncInLoop(Rule):
             return
         if graph_function(self, node) is not None and meth in ("item", "tolist", "numpy", "nonzero"):
             return  # the TR5xx graph-break rules report these with the loop noted
+        if self._fresh_cpu_tensor(node):
+            return  # a tensor just created on the host: no device round trip
         if meth == "cpu" and self._loop_invariant_receiver(node):
             return  # TR403 reports the copy of a loop-invariant tensor
         chain = chain_methods(self, node)
@@ -111,6 +114,21 @@ class SyncInLoop(Rule):
             severity="medium",
             evidence={"chain": chain},
         )
+
+    def _fresh_cpu_tensor(self, node: cst.Call) -> bool:
+        cur = node
+        while True:
+            mc = method_call(cur)
+            if mc is None or not isinstance(mc[0], cst.Call):
+                break
+            cur = mc[0]
+            fname = torch_function(self, cur)
+            if fname is not None:
+                if fname in TENSOR_FACTORIES | {"from_numpy", "as_tensor", "randperm", "randint", "multinomial"}:
+                    dev = kwarg(cur, "device")
+                    return dev is None or (isinstance(dev.value, cst.SimpleString) and "cpu" in dev.value.value)
+                return False
+        return False
 
     def _loop_invariant_receiver(self, node: cst.Call) -> bool:
         from .tr403_transfer_in_loop import loop_invariant_name

@@ -11,6 +11,11 @@ _CLI_NAMES = frozenset({"main", "cli", "run_cli", "__repr__", "__str__", "print_
                         "display", "pretty_print", "pprint", "report", "dump"})
 
 
+# functions whose job is output: ``print_table``, ``show``, ``_dump_env``, ``log_metrics``
+_OUTPUT_PREFIXES = ("print", "show", "dump", "display", "report", "log", "main", "summar", "pretty", "describe",
+                    "debug", "verbose", "cli", "demo", "example")
+
+
 class PrintInLibrary(Rule):
     """``print`` used for logging inside library functions.
 
@@ -43,6 +48,7 @@ class PrintInLibrary(Rule):
         "print('hello')\n",
         "import sys\ndef f(x):\n    print(x, file=sys.stderr)\n",
         "def main():\n    print('done')\n",
+        "def _dump_env_vars():\n    print('A=1')\n",
         "def f(x):\n    return x\nif __name__ == '__main__':\n    print(f(1))\n",
     ]
     INVALID = [
@@ -56,7 +62,10 @@ class PrintInLibrary(Rule):
         if self.qnames(node.func) - {"builtins.print", "print"} or kwarg(node, "file") is not None:
             return
         fn = enclosing_function(self, node)
-        if fn is None or fn.name.value in _CLI_NAMES or graph_function(self, node) is not None:
+        if fn is None or graph_function(self, node) is not None:
+            return
+        name = fn.name.value.strip("_").lower()
+        if fn.name.value in _CLI_NAMES or name.startswith(_OUTPUT_PREFIXES):
             return
         key = ("TR704", id(fn))
         if key in self.ctx.cache:

@@ -43,12 +43,15 @@ class Probe:
     finished: Optional[float] = None
     task: Optional[asyncio.Task] = None
     isolated: bool = False  # runs in a scratch kernel that is shut down afterwards
-    scratch_sources: Dict[str, Any] = field(default_factory=dict)  # isolated: code -> (cell, line map)
+    scratch_sources: Dict[str, Any] = field(default_factory=dict)
+    check_findings: List[Dict[str, Any]] = field(default_factory=list)  # runtime checks (spec "checks")
+    notes: List[str] = field(default_factory=list)  # isolated: code -> (cell, line map)
 
     def to_json(self) -> Dict[str, Any]:
         return {
             "id": self.id, "kernel_id": self.kernel_id, "function": self.function, "state": self.state,
-            "points": list(self.points), "result": self.result, "error": self.error, "findings": self.findings,
+            "points": list(self.points), "result": self.result, "error": self.error, "notes": self.notes,
+            "findings": self.findings + self.check_findings,
             "spec": self.spec, "isolated": self.isolated, "started": self.started, "finished": self.finished,
             "elapsed": (self.finished or time.time()) - self.started,
         }
@@ -246,6 +249,7 @@ class ProbeService:
             raise BadRequest(f"'device' must be auto, cpu or cuda; got {dev!r}")
         spec["device"] = dev
         spec["backward"] = bool(body.get("backward", False))
+        spec["checks"] = bool(body.get("checks", False))
         spec.setdefault("time_budget", 120.0)
         return spec
 
@@ -292,6 +296,9 @@ class ProbeService:
                 probe.state = "cancelled"
             elif kind == "error":
                 probe.error = self._map_error(probe, ev)
+            elif kind == "checks":
+                probe.check_findings = [self._map_finding(probe, f) for f in ev.get("findings", [])]
+                probe.notes = list(ev.get("notes", []))
 
         grace = 30.0
         try:
@@ -362,6 +369,16 @@ class ProbeService:
                 fr = ev["frames"][-1]
                 out.update(filename=fr.get("filename"), line=fr.get("line"), text=fr.get("text"))
         return out
+
+    def _map_finding(self, probe: Probe, f: Dict[str, Any]) -> Dict[str, Any]:
+        d = dict(f)
+        cell, line = locate_in_cells(probe.cells, d.pop("cell_source", None), d.get("line"), probe.scratch_sources)
+        if cell is not None:
+            d.update(cell=cell, line=line, path=probe.path or d.get("path"),
+                     cell_id=(probe.cells[cell].get("id") if probe.cells else None))
+            if d.get("end_line") is not None:
+                d["end_line"] = d["end_line"] - f["line"] + line
+        return d
 
     def _findings(self, probe: Probe) -> List[Dict[str, Any]]:
         try:
