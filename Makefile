@@ -29,11 +29,14 @@ $(PY):
 	python3 -m venv $(VENV)
 
 # torch first, pinned: the local CPU wheel. An open `torch>=2.1` on an env without torch would
-# pull the CUDA build (GBs). Then the package with its test extras; the build hook runs jlpm
-# and builds the labextension.
+# pull the CUDA build (GBs). Then the build requirements into the venv (so pip does not build a
+# second, isolated environment with its own JupyterLab), then the package with its test extras;
+# its build hook runs jlpm and builds the labextension.
+BUILD_REQS := "hatchling>=1.5.0" editables "hatch-jupyter-builder>=0.9" "jupyterlab>=4.0.0,<5"
 $(STAMP): $(PY) pyproject.toml package.json yarn.lock
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install $(BUILD_REQS)
+	$(PY) -m pip install --no-build-isolation -e ".[test]"
 	jupyter labextension develop --overwrite .
 	jupyter server extension enable --sys-prefix torchreview_lab
 	touch $@

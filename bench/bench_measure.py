@@ -1,5 +1,8 @@
 """Benchmark of the dynamic review engine (CPU or CUDA).
 
+Times are taken with the probe's clock (CPU: the thread's CPU time, single-threaded; CUDA: wall time
+around ``synchronize``).
+
 1. Tracking overhead: the median time of a harness run under the memory tracker (CPU: profiler
    memory events; CUDA: peak-memory counters) over the median of a plain run. Target <= 1.5x.
 2. Extrapolation error: probe at T = 256..2048, predict memory and time at 8x the largest size
@@ -22,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from torchreview_lab.measure import meta_run, scale  # noqa: E402
-from torchreview_lab.measure._harness import call_harness, run_backward, single_thread  # noqa: E402
+from torchreview_lab.measure._harness import call_harness, single_thread  # noqa: E402
+from torchreview_lab.measure.probe import clock  # noqa: E402
 from torchreview_lab.measure.trackers import real_tracker  # noqa: E402
 
 K, C = 8, 8
@@ -61,20 +65,21 @@ def _sync(dev):
 
 
 def overhead(fn, T, dev, reps):
+    now = clock(dev)
     plain, tracked = [], []
     call_harness(fn, T, dev)  # warm-up
     for _ in range(reps):
         _sync(dev)
-        t0 = time.perf_counter()
+        t0 = now()
         out = call_harness(fn, T, dev)
         _sync(dev)
-        plain.append(time.perf_counter() - t0)
+        plain.append(now() - t0)
         del out
-        t0 = time.perf_counter()
+        t0 = now()
         with real_tracker(dev):
             out = call_harness(fn, T, dev)
             _sync(dev)
-        tracked.append(time.perf_counter() - t0)
+        tracked.append(now() - t0)
         del out
     return statistics.median(plain), statistics.median(tracked), min(plain), min(tracked)
 
@@ -85,13 +90,14 @@ def real_at(fn, T, dev, reps=5):
         out = call_harness(fn, T, dev)
         _sync(dev)
     del out
+    now = clock(dev)
     times = []
     for _ in range(reps):
         _sync(dev)
-        t0 = time.perf_counter()
+        t0 = now()
         out = call_harness(fn, T, dev)
         _sync(dev)
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
         del out
     return tr.peak_bytes, statistics.median(times)
 

@@ -88,6 +88,19 @@ async def test_ignore_list_drops_rule_and_recounts(jp_fetch, jp_root_dir):
     assert data["summary"]["total"] == len(data["findings"]) < full["summary"]["total"]
 
 
+async def test_markdown_report(jp_fetch, jp_root_dir):
+    (jp_root_dir / "sub").mkdir()
+    write_notebook(jp_root_dir / "sub" / "bug.ipynb", CELLS)
+    data = json.loads((await post(jp_fetch, {"path": "sub/bug.ipynb", "format": "markdown"})).body)
+    md = data["markdown"]
+    assert md.startswith("## Summary") and "## Critical Issues" in md and "## Low Priority Issues" in md
+    hit = device_findings(data)[0]
+    assert hit["title"] in md
+    assert "`sub/bug.ipynb` cell 3, line 3" in md  # people read 1-based cells; paths as the client names them
+    assert str(jp_root_dir) not in md
+    assert "markdown" not in json.loads((await post(jp_fetch, {"path": "sub/bug.ipynb"})).body)
+
+
 async def test_review_python_file(jp_fetch, jp_root_dir):
     (jp_root_dir / "mod.py").write_text(BUG, encoding="utf-8")
     data = json.loads((await post(jp_fetch, {"path": "mod.py"})).body)
@@ -135,6 +148,7 @@ async def test_symlink_out_of_root_refused(jp_fetch, jp_root_dir, tmp_path_facto
         ({"path": 3}, ["'path' must be a non-empty string"]),
         ({"path": "bug.ipynb", "ignore": "TR101"}, ["'ignore' must be a list"]),
         ({"path": "sub"}, ["directory"]),
+        ({"path": "bug.ipynb", "format": "html"}, ["unknown format", "markdown"]),
     ],
 )
 async def test_bad_requests_are_400_with_a_message(jp_fetch, jp_root_dir, body, words):
@@ -155,6 +169,57 @@ async def test_engine_input_errors_are_400(jp_fetch, jp_root_dir):
     write_notebook(jp_root_dir / "r.ipynb", [("code", "x <- 1")], language="R")
     code, reply = await post_error(jp_fetch, {"path": "r.ipynb"})
     assert code == 400 and "r.ipynb" in reply["message"]
+
+
+async def test_bad_project_config_is_400(jp_fetch, jp_root_dir):
+    (jp_root_dir / "proj").mkdir()
+    (jp_root_dir / "proj" / "pyproject.toml").write_text('[tool.torchreview]\nstandard = "strict"\n')
+    write_notebook(jp_root_dir / "proj" / "bug.ipynb", CELLS)
+    for body in ({"path": "proj/bug.ipynb"}, {"path": "proj/bug.ipynb", "cells": [{"cell_type": "code", "source": BUG}]}):
+        code, reply = await post_error(jp_fetch, body)
+        assert code == 400, reply
+        assert "configuration error" in reply["message"] and "proj/pyproject.toml" in reply["message"]
+        assert str(jp_root_dir) not in reply["message"]
+
+
+async def test_project_config_applies_to_live_cells(jp_fetch, jp_root_dir):
+    write_notebook(jp_root_dir / "bug.ipynb", CELLS)
+    code = device_findings(json.loads((await post(jp_fetch, {"path": "bug.ipynb"})).body))[0]["rule"]
+    (jp_root_dir / "pyproject.toml").write_text(f'[tool.torchreview]\nignore = ["{code}"]\n')
+    live = [{"cell_type": "markdown", "source": "# t"}, {"cell_type": "code", "source": "x = 1"},
+            {"cell_type": "code", "source": BUG}]
+    for body in ({"path": "bug.ipynb"}, {"path": "bug.ipynb", "cells": live}):
+        data = json.loads((await post(jp_fetch, body)).body)
+        assert all(f["rule"] != code for f in data["findings"]), body
+
+
+async def test_non_file_contents_manager_is_reviewed_through_its_api():
+    """A contents manager without files on disk (e.g. S3): the service fetches the content."""
+    from torchreview_lab.server import NotFound, ReviewService
+    from tornado.web import HTTPError
+
+    nb = json.loads(json.dumps({
+        "cells": [{"cell_type": "code", "id": "c0", "metadata": {}, "source": BUG, "outputs": [],
+                   "execution_count": None}],
+        "metadata": {"language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5,
+    }))
+
+    class MemoryContents:
+        async def get(self, path, content=True):
+            if path == "remote/bug.ipynb":
+                return {"type": "notebook", "content": nb, "format": "json"}
+            if path == "remote/mod.py":
+                return {"type": "file", "content": BUG, "format": "text"}
+            raise HTTPError(404, f"{path} not found")
+
+    service = ReviewService(MemoryContents())
+    data = await service.review({"path": "remote/bug.ipynb"})
+    hits = [f for f in data["findings"] if f["category"] == "device-handling" and f["line"] == 3]
+    assert hits and hits[0]["path"] == "remote/bug.ipynb" and hits[0]["cell"] == 0
+    data = await service.review({"path": "remote/mod.py"})
+    assert any(f["path"] == "remote/mod.py" and f["cell"] is None for f in data["findings"])
+    with pytest.raises(NotFound):
+        await service.review({"path": "remote/missing.ipynb"})
 
 
 async def test_missing_file_is_404(jp_fetch):

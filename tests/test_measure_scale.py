@@ -221,3 +221,24 @@ def test_text_and_plot_without_target():
     assert "at T=" not in str(res)
     fig = res.plot()
     assert {t.name for t in fig.data} >= {"measured memory", "measured time"}
+
+
+def test_on_point_streams_each_measured_size():
+    seen = []
+    res = _scale(scaling.linear, sizes=(64, 128), on_point=seen.append)
+    assert seen == res.points
+
+    def broken(point):
+        raise RuntimeError("listener down")
+
+    res = _scale(scaling.linear, sizes=(64, 128), on_point=broken)
+    assert len(res.points) == 2 and any("listener down" in w for w in res.warnings)
+
+
+def test_largest_size_that_fits_is_anchored_at_the_meta_figure():
+    res = _scale(scaling.quadratic, sizes=(64, 128, 256), target=100_000, budget_bytes=10**9)
+    t = res.target
+    assert t.meta_peak_bytes >= 4 * 100_000 ** 2  # the (T, T) product, exact on meta
+    limit = t.device_free_bytes
+    exact = (limit / 4) ** 0.5  # 4 * T^2 bytes fill the free memory
+    assert t.max_size_that_fits == pytest.approx(exact, rel=0.1)

@@ -180,11 +180,12 @@ def review_document(
         parts.append(code)
         line += n
 
-    ctx = RuleContext(standard=standard)
+    ctx = RuleContext(standard=standard, options={"kind": doc.kind, "path": doc.path})
     if spans:
         module = _parse_combined(parts, spans, doc, syntax_findings, standard)
         if module is not None:
             ctx.module = module
+            ctx.source = "".join(parts)
             wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
             visitors = [cls(ctx) for cls in rules]
             wrapper.visit_batched(visitors)

@@ -3,7 +3,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -20,6 +20,7 @@ export namespace CommandIDs {
   export const review = 'torchreview:review';
   export const open = 'torchreview:open';
   export const toggleStandard = 'torchreview:toggle-standard';
+  export const exportMarkdown = 'torchreview:export-markdown';
 }
 
 /** The notebook as the model sees it: its path and its live cells (unsaved edits included). */
@@ -105,6 +106,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         follow();
         void model.run();
       },
+      exportMarkdown: () => {
+        void app.commands.execute(CommandIDs.exportMarkdown);
+      },
       jump: (f: Finding) => {
         const nb = tracker.find(w => w.context.path === model.target?.path) ?? tracker.currentWidget;
         if (nb) {
@@ -156,9 +160,33 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await model.setStandard(model.standard === 'research' ? 'production' : 'research');
       }
     });
+    app.commands.addCommand(CommandIDs.exportMarkdown, {
+      label: 'TorchReview: Export review as Markdown',
+      isEnabled: () => tracker.currentWidget !== null,
+      execute: async () => {
+        follow();
+        const target = model.target;
+        if (!target) {
+          return;
+        }
+        try {
+          const markdown = await model.markdown();
+          const path = target.path.replace(/\.ipynb$/, '') + '.review.md';
+          await app.serviceManager.contents.save(path, { type: 'file', format: 'text', content: markdown });
+          await app.commands.execute('docmanager:open', { path });
+        } catch (error) {
+          await showErrorMessage('TorchReview: export failed', String(error instanceof Error ? error.message : error));
+        }
+      }
+    });
     if (palette) {
       const category = 'TorchReview';
-      for (const command of [CommandIDs.review, CommandIDs.open, CommandIDs.toggleStandard]) {
+      for (const command of [
+        CommandIDs.review,
+        CommandIDs.open,
+        CommandIDs.toggleStandard,
+        CommandIDs.exportMarkdown
+      ]) {
         palette.addItem({ command, category });
       }
     }

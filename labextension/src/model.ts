@@ -171,6 +171,30 @@ export class ReviewModel {
     this._changed.emit();
   }
 
+  /** The review of the target's current content as the Markdown report reviewers expect. */
+  async markdown(): Promise<string> {
+    const target = this._target;
+    if (!target) {
+      throw new Error('Open a notebook to review it.');
+    }
+    await target.ready;
+    const reply = await requestAPI<Review & { markdown: string }>('review', {
+      method: 'POST',
+      body: JSON.stringify({ ...this._payload(target), format: 'markdown' })
+    });
+    return reply.markdown;
+  }
+
+  private _payload(target: IReviewTarget): { [key: string]: unknown } {
+    return {
+      path: target.path,
+      cells: target.cells(),
+      language: target.language(),
+      standard: this._standard,
+      ignore: this._ignored
+    };
+  }
+
   /** Review the target's current content with the current standard. */
   async run(): Promise<void> {
     const target = this._target;
@@ -188,13 +212,7 @@ export class ReviewModel {
       await target.ready;
       const review = await requestAPI<Review>('review', {
         method: 'POST',
-        body: JSON.stringify({
-          path: target.path,
-          cells: target.cells(),
-          language: target.language(),
-          standard: this._standard,
-          ignore: this._ignored
-        })
+        body: JSON.stringify(this._payload(target))
       });
       if (generation !== this._generation) {
         return; // superseded by a newer review or another notebook

@@ -24,6 +24,8 @@ export interface IPanelActions {
   review(): void;
   /** Move the notebook's cursor to the finding. */
   jump(f: Finding): void;
+  /** Save the review as Markdown next to the notebook and open it. */
+  exportMarkdown(): void;
 }
 
 /** Text with `backticked` spans shown as inline code (the engine's messages use them). */
@@ -246,8 +248,8 @@ function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.El
   );
 }
 
-function Status(props: { model: ReviewModel }): JSX.Element | null {
-  const { model } = props;
+function Status(props: { model: ReviewModel; actions: IPanelActions }): JSX.Element | null {
+  const { model, actions } = props;
   if (model.status === 'error') {
     return (
       <div className="jp-TorchReview-status jp-mod-error" role="alert">
@@ -265,7 +267,16 @@ function Status(props: { model: ReviewModel }): JSX.Element | null {
     : '';
   return (
     <div className="jp-TorchReview-status" data-status={model.status}>
-      {n} {n === 1 ? 'finding' : 'findings'} · {review.summary.standard} standard{at}
+      <span className="jp-TorchReview-statusText">
+        {n} {n === 1 ? 'finding' : 'findings'} · {review.summary.standard} standard{at}
+      </span>
+      <button
+        className="jp-TorchReview-linkButton"
+        title="Save this review as Markdown next to the notebook"
+        onClick={() => actions.exportMarkdown()}
+      >
+        Export Markdown
+      </button>
     </div>
   );
 }
@@ -286,7 +297,7 @@ function Body(props: { model: ReviewModel; actions: IPanelActions }): JSX.Elemen
       </header>
       <Toolbar model={model} actions={actions} />
       {model.review && <SeverityChips model={model} />}
-      <Status model={model} />
+      <Status model={model} actions={actions} />
       <Findings model={model} actions={actions} />
     </div>
   );

@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 BUG_TEXT = "edge = torch.zeros(batch, T, K, C, C)"  # no device=: the device-handling rule flags it
+SETTINGS = {"autoReviewOnSave": True, "ignoredRules": ["TR099"]}  # TR099: no such rule, just sent along
 
 
 def _need_chromium():
@@ -85,6 +86,10 @@ def lab(tmp_path_factory):
     news = tmp / "settings" / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    # The panel's own settings, as a user would set them.
+    ours = tmp / "settings" / "torchreview-lab"
+    ours.mkdir(parents=True)
+    (ours / "plugin.jupyterlab-settings").write_text(json.dumps(SETTINGS))
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "ui-server.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
@@ -206,6 +211,7 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
     assert response.status == 200
     sent = json.loads(response.request.post_data)
     assert sent["standard"] == "research" and sent["path"] == DEMO.name
+    assert sent["ignore"] == SETTINGS["ignoredRules"]  # settings are read
     assert any(BUG_TEXT in c["source"] for c in sent["cells"]), sent["cells"]  # live editor content
     _review_done(page, "research")
     row = panel.locator(f'.jp-TorchReview-finding[data-cell="{cell}"][data-line="{line}"]').first
@@ -232,7 +238,7 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
     # The row expanded: problem, impact and the fix are shown.
     details = row.locator(".jp-TorchReview-details")
     details.wait_for(state="visible")
-    assert finding["problem"][:40] in details.inner_text()
+    assert finding["problem"].replace("`", "")[:40] in details.inner_text()
     if finding["fix"]:
         assert row.locator(".jp-TorchReview-code-after pre").inner_text().strip() == finding["fix"]["after"].strip()
     page.mouse.move(0, 0)
@@ -255,6 +261,26 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
     assert panel.locator(".jp-TorchReview-finding").count() == production["summary"]["total"]
     assert "production standard" in panel.locator(".jp-TorchReview-status").inner_text()
     page.screenshot(path=str(ARTIFACTS / "ui-panel-production.png"))
+
+    # Export the review as Markdown: a file next to the notebook, opened in the Lab.
+    panel.get_by_role("button", name="Export Markdown").click()
+    page.locator(".lm-TabBar-tab", has_text="semimarkov_demo.review.md").wait_for()
+    report = lab["root"] / "semimarkov_demo.review.md"
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("## Summary") and f"`{DEMO.name}` cell {cell + 1}" in text
+
+    # Review on save (enabled in the settings): edit the notebook, save, and the panel re-reviews
+    # what was saved, edits included.
+    row.locator(".jp-TorchReview-row").click()
+    page.wait_for_function(f"() => ({STATE_JS})().index === {cell} && ({STATE_JS})().focused")
+    page.keyboard.press("End")
+    page.keyboard.type("  # edited in the browser")
+    with page.expect_response(lambda r: "/torchreview-lab/review" in r.url) as resp_info:
+        page.keyboard.press("Control+s")
+    sent = json.loads(resp_info.value.request.post_data)
+    assert any("# edited in the browser" in c["source"] for c in sent["cells"])
+    saved = json.loads((lab["root"] / DEMO.name).read_text(encoding="utf-8"))
+    assert "# edited in the browser" in "".join(saved["cells"][cell]["source"])
 
     # The command palette runs a review too.
     page.keyboard.press("Control+Shift+C")

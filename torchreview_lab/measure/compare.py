@@ -176,7 +176,7 @@ def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase
         leaves_b = [t for t in tree_flatten((ins_b, kw_b))[0] if isinstance(t, torch.Tensor) and t.requires_grad]
         if pairs and leaves_a:
             gen = torch.Generator().manual_seed(1000 + seed)
-            cots = [torch.randn(a.shape, generator=gen, dtype=a.dtype) for a, _ in pairs]
+            cots = [torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device) for a, _ in pairs]
             try:
                 ga = torch.autograd.grad([a for a, _ in pairs], leaves_a, cots, allow_unused=True)
                 gb = torch.autograd.grad([b for _, b in pairs], leaves_b, cots, allow_unused=True)

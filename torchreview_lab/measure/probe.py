@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -74,21 +74,38 @@ def _measure_once(fn: Callable, size: int, device: str, backward: bool) -> int:
     return tracker.peak_bytes
 
 
+MIN_TIMING_SECONDS = 0.05  # short runs are repeated until this much was timed (up to 10x repeats)
+
+
+def clock(device: str) -> Callable[[], float]:
+    """The clock timings use. CPU: the calling thread's CPU time (user + system): with
+    ``set_num_threads(1)`` the whole computation runs on this thread, and time lost to other processes
+    on a shared machine is not counted. CUDA: wall time around ``synchronize``."""
+    if torch.device(device).type == "cpu" and hasattr(time, "thread_time"):
+        return time.thread_time
+    return time.perf_counter
+
+
 def _time(fn: Callable, size: int, device: str, backward: bool, repeats: int, max_seconds: float) -> float:
+    """Median seconds of ``repeats`` runs (more for short runs, fewer when ``max_seconds`` is spent)."""
     samples: List[float] = []
     spent = 0.0
-    for _ in range(max(1, repeats)):
+    repeats = max(1, repeats)
+    now = clock(device)
+    while True:
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = now()
         out = call_harness(fn, size, device)
         if backward:
             run_backward(out)
         _sync(device)
-        dt = time.perf_counter() - t0
+        dt = now() - t0
         del out
         samples.append(dt)
         spent += dt
-        if spent > max_seconds and len(samples) >= 1:
+        if spent > max_seconds:
+            break
+        if len(samples) >= repeats and (spent >= MIN_TIMING_SECONDS or len(samples) >= 10 * repeats):
             break
     return statistics.median(samples)
 
@@ -96,14 +113,15 @@ def _time(fn: Callable, size: int, device: str, backward: bool, repeats: int, ma
 def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[int] = None,
           device: str = "auto", budget_bytes: Optional[int] = None, time_budget: Optional[float] = None,
           *, backward: bool = False, repeats: int = 5, meta: bool = True, meta_time_limit: float = 10.0,
-          name: Optional[str] = None) -> ScalingResult:
+          name: Optional[str] = None, on_point: Optional[Callable[[Point], None]] = None) -> ScalingResult:
     """Measure peak memory and time of ``fn(T)`` at each size, fit power laws, predict at ``target``.
 
     ``fn`` is a harness: ``fn(T)`` or ``fn(T, device=...)`` builds inputs of size T and runs the
     computation (``backward=True`` also runs backward through a returned loss). ``budget_bytes``
     (default: half of the device's free memory) bounds each real run; ``time_budget`` (seconds)
-    bounds the whole grid. Never raises for the harness's own errors: they are reported in
-    ``skipped``/``warnings``.
+    bounds the whole grid. ``on_point(point)`` is called after each size is measured (streaming to a
+    panel); its errors become warnings. Never raises for the harness's own errors: they are reported
+    in ``skipped``/``warnings``.
     """
     dev = resolve_device(device)
     mem = device_memory(dev)
@@ -115,7 +133,6 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
     t_start = time.perf_counter()
     per_size_time = None if time_budget is None else max(0.05, float(time_budget) / max(1, 2 * len(sizes)))
     stop: Optional[str] = None
-    stop_kind = ""
 
     with single_thread(dev), frozen_heap():
         for size in sizes:
@@ -130,8 +147,7 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
                 if elapsed >= time_budget or (tf and elapsed + est > time_budget):
                     stop = f"time budget of {fmt_seconds(time_budget)} spent" if elapsed >= time_budget else \
                         f"predicted {fmt_seconds(est)} would overrun the time budget of {fmt_seconds(time_budget)}"
-                    stop_kind = "time"
-                    res.skipped.append({"size": size, "reason": stop, "kind": stop_kind})
+                    res.skipped.append({"size": size, "reason": stop, "kind": "time"})
                     continue
             # ---- memory budget: predict before running
             predicted, how = _predict_bytes(fn, res, size, dev, backward, meta, meta_time_limit)
@@ -139,9 +155,10 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
                 res.skipped.append({"size": size, "kind": "budget", "reason":
                                     f"predicted {fmt_bytes(predicted)} ({how}) exceeds the budget of "
                                     f"{fmt_bytes(budget_bytes)}"})
-                stop, stop_kind = f"a smaller size (T={size:,}) was over the memory budget", "budget"
+                stop = f"a smaller size (T={size:,}) was over the memory budget"
                 continue
             # ---- real run
+            failure = None
             try:
                 peak = _measure_once(fn, size, dev, backward)
                 remaining = None if time_budget is None else time_budget - (time.perf_counter() - t_start)
@@ -150,18 +167,23 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
             except BaseException as e:  # noqa: B902 - OOM and harness errors are results, not crashes
                 if isinstance(e, (KeyboardInterrupt, SystemExit)):
                     raise
+                failure = ("oom", f"out of memory: {type(e).__name__}: {_first_line(e)}") if is_oom(e) else \
+                    ("error", f"the harness raised {type(e).__name__}: {_first_line(e)}")
+            if failure is not None:
+                # outside the except block: the traceback (and the tensors its frames hold) is gone now
                 _cleanup(dev)
-                if is_oom(e):
-                    res.skipped.append({"size": size, "kind": "oom",
-                                        "reason": f"out of memory: {type(e).__name__}: {_first_line(e)}"})
-                    stop, stop_kind = f"a smaller size (T={size:,}) ran out of memory", "oom"
-                else:
-                    res.skipped.append({"size": size, "kind": "error",
-                                        "reason": f"the harness raised {type(e).__name__}: {_first_line(e)}"})
-                    stop, stop_kind = f"the harness failed at T={size:,}", "error"
+                res.skipped.append({"size": size, "kind": failure[0], "reason": failure[1]})
+                stop = (f"a smaller size (T={size:,}) ran out of memory" if failure[0] == "oom"
+                        else f"the harness failed at T={size:,}")
                 continue
-            res.points.append(Point(size=size, peak_bytes=int(peak), seconds=float(secs)))
+            point = Point(size=size, peak_bytes=int(peak), seconds=float(secs))
+            res.points.append(point)
             _cleanup(dev)
+            if on_point is not None:
+                try:
+                    on_point(point)
+                except Exception as e:  # a broken listener must not stop the measurement
+                    res.warnings.append(f"on_point callback failed: {type(e).__name__}: {_first_line(e)}")
 
     _fit(res)
     if target is not None:
@@ -263,11 +285,21 @@ def _predict_target(fn, res: ScalingResult, target: int, dev: str, mem, backward
             res.warnings.append(f"the fit ({fmt_bytes(a)}) and the meta run ({fmt_bytes(b)}) disagree by "
                                 f"{abs(a - b) / max(a, b):.0%} at T={target:,}: temporaries or caches the meta "
                                 "run does not model, or a law that changes with T")
-    limit = tgt.device_free_bytes
     pred = tgt.predicted_bytes
+    probed = max((p.peak_bytes for p in res.points), default=0)
+    if tgt.seconds is not None and pred is not None and pred > 64e6 and pred > 8 * max(probed, 1):
+        res.warnings.append(f"the time at T={target:,} is likely a lower bound: the working set grows from "
+                            f"{fmt_bytes(probed)} (probed) to {fmt_bytes(pred)}, beyond the caches and onto fresh "
+                            "pages, where each element costs more than at the probed sizes")
+    limit = tgt.device_free_bytes
     if limit is not None and pred is not None:
         tgt.fits = bool(pred <= limit)
         if mf is not None:
-            inv = mf.inverse(limit)
+            if mf.exponent >= 0.05 and pred > 0:
+                # anchor the law at the figure the verdict uses (the meta run is exact at the target,
+                # the fit carries the small sizes' lower-order terms) and move along the fitted slope
+                inv = target * (limit / pred) ** (1.0 / mf.exponent)
+            else:
+                inv = mf.inverse(limit)
             tgt.max_size_that_fits = None if inv is None else int(inv)
     res.target = tgt

@@ -114,11 +114,13 @@ class ProfilerMemoryTracker:
             self._prof.__exit__(None, None, None)
             events = self._prof.profiler.kineto_results.events()
             self._prof = None
-        mem = [e for e in events if e.name() == "[memory]" and _is_cpu(e)]
-        mem.sort(key=lambda e: e.start_ns())
+        cpu = _cpu_device_type()
+        mem = [(e.start_ns(), e.nbytes()) for e in events
+               if e.name() == "[memory]" and (cpu is None or e.device_type() == cpu)]
+        mem.sort(key=lambda x: x[0])
         cur = peak = 0
-        for e in mem:
-            cur += e.nbytes()
+        for _, n in mem:
+            cur += n
             if cur > peak:
                 peak = cur
         self.peak_bytes, self.net_bytes = int(peak), int(cur)
@@ -149,11 +151,11 @@ class _quiet_stderr:
             os.close(self._saved)
 
 
-def _is_cpu(event) -> bool:
+def _cpu_device_type():
     try:
-        return str(event.device_type()).endswith("CPU")
-    except Exception:  # older event objects without a device type
-        return True
+        return torch._C._autograd.DeviceType.CPU
+    except AttributeError:  # older builds: keep every memory event
+        return None
 
 
 # ---------------------------------------------------------------------------------- CUDA

@@ -64,6 +64,10 @@ def _compiled_names(rule) -> Set[str]:
         out: Set[str] = set()
         if rule.ctx.module is not None:
             for call in walk(rule.ctx.module, cst.Call):
+                last = call.func.attr.value if isinstance(call.func, cst.Attribute) else (
+                    call.func.value if isinstance(call.func, cst.Name) else "")
+                if last not in ("compile", "script", "trace", "optimize"):
+                    continue
                 if call.args and rule.qnames(call.func) & COMPILERS and isinstance(call.args[0].value, cst.Name):
                     out.add(call.args[0].value.value)
         cache[key] = out

@@ -7,12 +7,12 @@ Everything here works on libcst nodes plus the metadata of the rule that asks, s
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import libcst as cst
 import libcst.matchers as m
-from libcst.metadata import QualifiedNameProvider
 
 from ._knowledge import NON_TENSOR_TORCH_CALLS, TENSOR_METHODS
 
@@ -70,23 +70,44 @@ def positional(call: cst.Call) -> List[cst.Arg]:
     return [a for a in call.args if a.keyword is None and not a.star]
 
 
+_CHILD_FIELDS: Dict[type, Tuple[str, ...]] = {}
+
+
+def fast_children(node: cst.CSTNode) -> List[cst.CSTNode]:
+    """The child nodes of ``node``, read straight from its dataclass fields.
+
+    libcst's ``node.children`` re-visits (and rebuilds) the node to collect them, which dominated
+    review time; nodes are immutable dataclasses, so their fields are the children. Order is field
+    order (close to, but not always, source order)."""
+    cls = type(node)
+    names = _CHILD_FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        _CHILD_FIELDS[cls] = names
+    out: List[cst.CSTNode] = []
+    for name in names:
+        v = getattr(node, name)
+        if isinstance(v, cst.CSTNode):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            out.extend(x for x in v if isinstance(x, cst.CSTNode))
+    return out
+
+
 def names_in(node: cst.CSTNode) -> Set[str]:
-    """All plain names read in ``node`` (not attribute names)."""
+    """All plain names read in ``node`` (not attribute names, not keyword names of arguments)."""
     out: Set[str] = set()
-
-    class V(cst.CSTVisitor):
-        def visit_Name(self, n: cst.Name) -> None:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, cst.Name):
             out.add(n.value)
-
-        def visit_Attribute(self, n: cst.Attribute) -> bool:
-            n.value.visit(self)
-            return False
-
-        def visit_Arg(self, n: cst.Arg) -> bool:
-            n.value.visit(self)
-            return False
-
-    node.visit(V())
+        elif isinstance(n, cst.Attribute):
+            stack.append(n.value)
+        elif isinstance(n, cst.Arg):
+            stack.append(n.value)
+        else:
+            stack.extend(fast_children(n))
     return out
 
 
@@ -97,19 +118,19 @@ def walk(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
         n = stack.pop()
         if kind is None or isinstance(n, kind):
             yield n
-        stack.extend(reversed(list(n.children)))
+        stack.extend(reversed(fast_children(n)))
 
 
 def walk_own(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
     """Like ``walk`` but does not descend into nested functions, lambdas or classes."""
-    stack = list(reversed(list(node.children)))
+    stack = list(reversed(fast_children(node)))
     while stack:
         n = stack.pop()
         if kind is None or isinstance(n, kind):
             yield n
         if isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
             continue
-        stack.extend(reversed(list(n.children)))
+        stack.extend(reversed(fast_children(n)))
 
 
 def enclosing_function(rule, node: cst.CSTNode) -> Optional[cst.FunctionDef]:

@@ -12,12 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 import libcst as cst
-from libcst.metadata import (
-    ParentNodeProvider,
-    PositionProvider,
-    QualifiedNameProvider,
-    ScopeProvider,
-)
+from libcst.metadata import ParentNodeProvider, PositionProvider
 
 from ..findings import CATEGORIES, STANDARDS, Fix, check_severity
 
@@ -47,16 +42,95 @@ class Report:
     evidence: Optional[Dict[str, Any]] = None
 
 
+class NameTable:
+    """Import aliases and bound names of one module, from a single ``ast`` pass.
+
+    Scope-insensitive by design: an import anywhere in the module (notebooks import inside cells and
+    functions alike) binds its alias everywhere, and a builtin counts as shadowed when the module
+    binds that name anywhere."""
+
+    def __init__(self, source: str) -> None:
+        import ast
+        import builtins
+
+        self.aliases: Dict[str, str] = {}
+        self.bound: set = set()
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError, RecursionError):
+            tree = None
+        if tree is not None:
+            for n in ast.walk(tree):
+                if isinstance(n, ast.Import):
+                    for a in n.names:
+                        if a.asname:
+                            self.aliases[a.asname] = a.name
+                        else:
+                            head = a.name.split(".")[0]
+                            self.aliases.setdefault(head, head)
+                elif isinstance(n, ast.ImportFrom):
+                    if n.level:
+                        continue
+                    for a in n.names:
+                        if a.name != "*":
+                            self.aliases[a.asname or a.name] = f"{n.module}.{a.name}"
+                elif isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                    self.bound.add(n.id)
+                elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    self.bound.add(n.name)
+                elif isinstance(n, ast.arg):
+                    self.bound.add(n.arg)
+        self.builtins = set(dir(builtins)) - self.bound - set(self.aliases)
+        self._cache: Dict[int, set] = {}
+
+    def _dotted(self, node) -> Optional[str]:
+        parts = []
+        while isinstance(node, cst.Attribute):
+            parts.append(node.attr.value)
+            node = node.value
+        if not isinstance(node, cst.Name):
+            return None
+        parts.append(node.value)
+        return ".".join(reversed(parts))
+
+    def resolve(self, node: cst.CSTNode) -> set:
+        key = id(node)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        out: set = set()
+        dotted = self._dotted(node)
+        if dotted:
+            head, _, rest = dotted.partition(".")
+            if head in self.aliases:
+                target = self.aliases[head]
+                out = {f"{target}.{rest}" if rest else target}
+            elif head in self.builtins:
+                out = {f"builtins.{dotted}"}
+            elif head in self.bound:
+                out = {dotted}
+        self._cache[key] = out
+        return out
+
+
 @dataclass
 class RuleContext:
     """Shared state for one review run (one module): reports, positive observations, caches."""
 
     standard: str = "research"
     module: Optional[cst.Module] = None
+    source: str = ""
+    _names: Optional[NameTable] = None
     reports: List[Report] = field(default_factory=list)
     observations: Dict[str, str] = field(default_factory=dict)
     cache: Dict[Any, Any] = field(default_factory=dict)
     options: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> NameTable:
+        if self._names is None:
+            self._names = NameTable(self.source or (self.module.code if self.module is not None else ""))
+        return self._names
 
     def code_for(self, node: cst.CSTNode) -> str:
         mod = self.module or cst.Module(body=[])
@@ -72,7 +146,9 @@ class Rule(cst.BatchableCSTVisitor):
     VALID: ClassVar[Sequence[str]] = ()
     INVALID: ClassVar[Sequence[Union[str, Invalid]]] = ()
 
-    METADATA_DEPENDENCIES = (PositionProvider, QualifiedNameProvider, ScopeProvider, ParentNodeProvider)
+    # Qualified names come from one ``ast`` pass over the module's imports (:class:`NameTable`),
+    # not libcst's scope analysis, which cost more than all the rules together.
+    METADATA_DEPENDENCIES = (PositionProvider, ParentNodeProvider)
 
     def __init__(self, ctx: RuleContext) -> None:
         super().__init__()
@@ -136,10 +212,10 @@ class Rule(cst.BatchableCSTVisitor):
         self.ctx.observations.setdefault(key, text)
 
     def qnames(self, node: cst.CSTNode) -> set:
-        try:
-            return {q.name for q in self.get_metadata(QualifiedNameProvider, node, set())}
-        except Exception:
-            return set()
+        """Qualified names of a Name/Attribute: ``{"torch.zeros"}`` for ``th.zeros`` after
+        ``import torch as th`` or for ``zeros`` after ``from torch import zeros``; ``{"builtins.print"}``
+        for an unshadowed builtin; the dotted name itself for local names; empty when unknown."""
+        return self.ctx.names.resolve(node)
 
     def parent(self, node: cst.CSTNode) -> Optional[cst.CSTNode]:
         return self.get_metadata(ParentNodeProvider, node, None)

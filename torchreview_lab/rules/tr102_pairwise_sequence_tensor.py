@@ -7,7 +7,7 @@ import libcst as cst
 from ..findings import Fix
 from ._flow import canonical_size
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
-from ._torch import enclosing_function, is_method_call, method_call, positional, torch_function
+from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function
 from .base import Invalid, Rule
 from .tr101_materialized_loop_tensor import shape_dims
 
@@ -59,6 +59,7 @@ class PairwiseSequenceTensor(Rule):
         "import torch\ndef f(n):\n    return torch.zeros(n, n)\n",
         "import torch\ndef f(x):\n    B, T, C = x.shape\n    return torch.zeros(B, T, C)\n",
         "def f(x, y):\n    return x[:, None] - y[None, :]\n",
+        "import torch\ndef f(group):\n    size = len(group)\n    return torch.ones([size, size])\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(x):\n    T = x.shape[1]\n    return torch.zeros(x.shape[0], T, T)\n", line=4),
@@ -76,8 +77,8 @@ class PairwiseSequenceTensor(Rule):
         fn = enclosing_function(self, node)
         canon = [canonical_size(self, fn, d) if isinstance(d, (cst.Name, cst.Subscript, cst.Call)) else None for d in dims]
         seen = {}
-        for c in canon:
-            if c and ".shape[" in c:
+        for d, c in zip(dims, canon):
+            if c and ".shape[" in c and not self._from_len(d, fn):
                 seen[c] = seen.get(c, 0) + 1
         rep = [c for c, n in seen.items() if n >= 2]
         if not rep:
@@ -89,6 +90,11 @@ class PairwiseSequenceTensor(Rule):
             fix=Fix(before=self.code_for(node), after="# keep only the band |i - j| <= K, or stream over one axis"),
             evidence={"repeated_dim": rep[0]},
         )
+
+    def _from_len(self, d, fn) -> bool:
+        """``len(group)`` is the length of a container, not a sequence axis of the data."""
+        vals = [d] + (list(assigned_values(self, fn, d.value)) if isinstance(d, cst.Name) else [])
+        return any("len(" in self.code_for(v) for v in vals)
 
     def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
         if not isinstance(node.operator, (cst.Subtract, cst.Add, cst.Multiply, cst.Divide)):

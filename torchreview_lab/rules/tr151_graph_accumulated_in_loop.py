@@ -15,9 +15,11 @@ class GraphAccumulatedInLoop(Rule):
 
     What it does:
         Flags ``history.append(loss)``, ``total += loss`` and ``total = total + loss`` inside a loop
-        when ``loss`` still carries its autograd graph: ``.backward()`` is called on it, or it comes
-        from a model/criterion/loss-function call (or a reduction of one) and was not turned into a
-        number with ``.item()`` or cut from the graph with ``.detach()``.
+        that runs a training step (``.backward()`` or ``optimizer.step()`` in its body) when ``loss``
+        still carries its autograd graph: ``.backward()`` is called on it, or it comes from a
+        model/criterion/loss-function call (or a reduction of one) and was not turned into a number
+        with ``.item()`` or cut from the graph with ``.detach()``. Summing losses for a single
+        backward after the loop is deliberate and not flagged.
 
     Why is this bad:
         A tensor that requires grad keeps its whole computation graph alive, and with it every
@@ -46,15 +48,16 @@ class GraphAccumulatedInLoop(Rule):
         "import torch\ndef evaluate(model, data):\n    total = 0.0\n    with torch.no_grad():\n        for x, y in data:\n            loss = model(x).sum()\n            total += loss\n    return total\n",
         "def f(data):\n    out = []\n    for x in data:\n        y = x * 2\n        out.append(y)\n    return out\n",
         "def fit(model, data):\n    for x, y in data:\n        losses = []\n        loss = model(x).mean()\n        losses.append(loss)\n        sum(losses).backward()\n",
+        "def get_loss(outputs, model):\n    loss = 0.0\n    for v in outputs:\n        loss += model(v).sum()\n    return loss\n",
         "def fit(model, data):\n    total = 0\n    for x, y in data:\n        loss = model(x).mean()\n        loss.backward()\n        total += loss.detach()\n    return total\n",
     ]
     INVALID = [
         Invalid("def fit(model, data, opt):\n    history = []\n    for x, y in data:\n        loss = ((model(x) - y) ** 2).mean()\n        loss.backward()\n        history.append(loss)\n    return history\n",
                 line=6,
                 expected_fix="def fit(model, data, opt):\n    history = []\n    for x, y in data:\n        loss = ((model(x) - y) ** 2).mean()\n        loss.backward()\n        history.append(loss.item())\n    return history\n"),
-        Invalid("import torch.nn.functional as F\ndef fit(net, data):\n    total = 0.0\n    for x, y in data:\n        loss = F.cross_entropy(net(x), y)\n        total += loss\n    return total / len(data)\n", line=6),
+        Invalid("import torch.nn.functional as F\ndef fit(net, data, opt):\n    total = 0.0\n    for x, y in data:\n        loss = F.cross_entropy(net(x), y)\n        total += loss\n        opt.step()\n    return total / len(data)\n", line=6),
         Invalid("import torch\nlosses = []\nfor i in range(10):\n    x = torch.randn(4, requires_grad=True)\n    loss = (x ** 2).sum()\n    loss.backward()\n    losses.append(loss)\n", line=7),
-        Invalid("def run(model, batches):\n    running = 0\n    for b in batches:\n        out = model(b)\n        running = running + out.mean()\n    return running\n", line=5),
+        Invalid("def run(model, batches, optimizer):\n    running = 0\n    for b in batches:\n        out = model(b)\n        out.mean().backward()\n        optimizer.step()\n        running = running + out.mean()\n    return running\n", line=7),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -82,6 +85,9 @@ class GraphAccumulatedInLoop(Rule):
         loops = [lp for lp in enclosing_loops(self, node) if isinstance(lp, (cst.For, cst.While))]
         if not loops or self._reset_in_loop(acc, loops[0]):
             return
+        if not self._training_step(loops[0]):
+            # summing losses for one backward after the loop (several heads, micro-batches) is deliberate
+            return
         fn, scope = scope_of(self, node)
         if scope is None:
             return
@@ -102,6 +108,15 @@ class GraphAccumulatedInLoop(Rule):
             replacement=rebuild(new_value),
             evidence={"reason": reason},
         )
+
+    def _training_step(self, loop) -> bool:
+        """The loop body runs a training step: ``.backward()``, ``optimizer.step()`` or ``autograd.backward``."""
+        for c in walk_own(loop.body, cst.Call):
+            f = c.func
+            if isinstance(f, cst.Attribute) and f.attr.value in ("backward", "step") and not (
+                    f.attr.value == "step" and "sched" in self.code_for(f.value).lower()):
+                return True
+        return False
 
     def _reset_in_loop(self, acc, loop) -> bool:
         """The accumulator is (re)created inside the loop: not an accumulation across iterations."""

@@ -7,7 +7,7 @@ import libcst as cst
 from ..findings import Fix
 from ._flow import in_no_grad
 from ._knowledge import INPLACE_METHODS, SAVES_INPUT, SAVES_OUTPUT, SAVES_OUTPUT_METHODS
-from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function, walk_own
+from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function, walk, walk_own
 from .base import Invalid, Rule
 
 _SAVING_BINOPS = (cst.Multiply, cst.MatrixMultiply, cst.Divide, cst.Power)
@@ -45,6 +45,7 @@ class InplaceOnSavedTensor(Rule):
         "import torch\ndef f(x):\n    with torch.no_grad():\n        y = torch.sigmoid(x)\n        y.mul_(2)\n    return y\n",
         "import torch\ndef f(x):\n    y = x + 1\n    y.add_(1)\n    return y\n",
         "import torch\ndef f(x, w):\n    x.add_(1)\n    return x * w\n",
+        "import torch\ndef update(running_mean, mean, momentum):\n    new = (1 - momentum) * running_mean + momentum * mean\n    running_mean.copy_(new)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(x):\n    y = torch.exp(x)\n    y.add_(1)\n    return y\n", line=4),
@@ -122,4 +123,9 @@ class InplaceOnSavedTensor(Rule):
     @staticmethod
     def _constant_other(n: cst.BinaryOperation, name: str) -> bool:
         other = n.right if isinstance(n.left, cst.Name) and n.left.value == name else n.left
-        return isinstance(other, (cst.Integer, cst.Float))
+        if isinstance(other, (cst.Integer, cst.Float)):
+            return True
+        # (1 - momentum) * x: an expression with a numeric literal and no tensor call is a Python scalar
+        return isinstance(other, cst.BinaryOperation) and any(isinstance(x, (cst.Integer, cst.Float))
+                                                              for x in (other.left, other.right)) \
+            and not any(True for _ in walk(other, cst.Call))

@@ -5,7 +5,8 @@ from typing import List, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import exp_arg
+from ._flow import exp_arg, is_shifted_or_bounded
+from ._torch import enclosing_function
 from ._torch import dotted_name, is_method_call, method_call, positional, torch_function
 from .base import Invalid, Rule
 
@@ -44,6 +45,7 @@ class LogSumExpByHand(Rule):
         "import torch\ndef f(scores):\n    return torch.logsumexp(scores, dim=-1)\n",
         "import torch\ndef f(x):\n    return torch.log(torch.sum(x, dim=-1))\n",
         "import torch\ndef f(x):\n    return torch.exp(x).sum(-1)\n",
+        "import torch\ndef f(x):\n    m = x.amax(-1, keepdim=True)\n    return m + torch.log(torch.sum(torch.exp(x - m), -1, keepdim=True))\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(scores):\n    return torch.log(torch.sum(torch.exp(scores), dim=-1))\n", line=3,
@@ -65,6 +67,8 @@ class LogSumExpByHand(Rule):
         x = exp_arg(self, exp_call)
         if x is None:
             return
+        if not isinstance(x, cst.Name) and is_shifted_or_bounded(self, enclosing_function(self, node), x):
+            return  # already max-shifted: a stable hand-written logsumexp
         prefix = _prefix(node) if torch_function(self, node) else None
         prefix = prefix or (_prefix(exp_call) if torch_function(self, exp_call) else None)
         has_dim = bool(dim_args)

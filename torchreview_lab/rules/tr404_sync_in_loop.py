@@ -81,6 +81,7 @@ class SyncInLoop(Rule):
     VALID = [
         "import torch\ndef run(model, xs):\n    outs = [model(x).detach() for x in xs]\n    return torch.cat(outs).cpu().numpy()\n",
         "def total(losses):\n    s = 0\n    for l in losses:\n        s = s + l.detach()\n    return s.item()\n",
+        "import torch\ndef seeds(rng, n):\n    for _ in range(n):\n        yield torch.empty((), dtype=torch.int64).random_(generator=rng).item()\n",
         "import torch\ndef order(n, g, epochs):\n    for _ in range(epochs):\n        yield from torch.randperm(n, generator=g).tolist()\n",
         "import torch\nclass M(torch.nn.Module):\n    def forward(self, xs):\n        for x in xs:\n            v = x.item()\n        return v\n",
     ]
@@ -122,6 +123,8 @@ class SyncInLoop(Rule):
             if mc is None or not isinstance(mc[0], cst.Call):
                 break
             cur = mc[0]
+            if isinstance(cur.func, cst.Attribute) and isinstance(cur.func.value, cst.Call):
+                continue  # an in-place/method call on a tensor expression: keep walking to its root
             fname = torch_function(self, cur)
             if fname is not None:
                 if fname in TENSOR_FACTORIES | {"from_numpy", "as_tensor", "randperm", "randint", "multinomial"}:

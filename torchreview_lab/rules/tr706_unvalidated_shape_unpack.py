@@ -66,6 +66,9 @@ class UnvalidatedShapeUnpack(Rule):
                     return
 
     def _shape_of(self, v: cst.BaseExpression) -> Optional[str]:
+        if not (isinstance(v, cst.Attribute) and v.attr.value == "shape") and not (
+                isinstance(v, cst.Call) and isinstance(v.func, cst.Attribute) and v.func.attr.value == "size"):
+            return None
         text = self.code_for(v).replace(" ", "")
         for s in _SHAPE_SUFFIXES:
             if text.endswith(s) and text[: -len(s)].isidentifier():

@@ -55,10 +55,9 @@ class NotebookWithoutTests(Rule):
     ]
 
     def _is_notebook(self, module: cst.Module) -> bool:
-        kind = self.ctx.options.get("kind") or self.ctx.options.get("document_kind")
-        if kind:
-            return kind == "notebook"
-        return len(_PERCENT_CELL.findall(module.code)) >= 2
+        if self.ctx.options.get("kind") == "notebook":
+            return True
+        return len(_PERCENT_CELL.findall(self.ctx.source or module.code)) >= 2  # a jupytext percent script
 
     def visit_Module(self, node: cst.Module) -> None:
         if not self._is_notebook(node):

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from ..findings import SEVERITIES, STANDARDS, Finding, review_json_schema, summarize
+from ..findings import SEVERITIES, STANDARDS, review_json_schema
 
 
 class BadRequest(ValueError):
@@ -65,19 +65,30 @@ def _first_paragraph(doc: Optional[str]) -> str:
     return " ".join(line.strip() for line in text.splitlines())
 
 
-def filter_ignored(data: Dict[str, Any], ignore: List[str]) -> Dict[str, Any]:
-    """Drop findings whose rule code starts with any of ``ignore`` and recount the summary."""
-    if not ignore:
-        return data
-    prefixes = tuple(code.upper() for code in ignore)
-    kept = [f for f in data.get("findings", []) if not str(f.get("rule", "")).upper().startswith(prefixes)]
-    summary = data.get("summary") or {}
-    new_summary = summarize(
-        [Finding.from_json(dict(f)) for f in kept],
-        files=summary.get("files", 1),
-        standard=summary.get("standard", "research"),
-    )
-    return {**data, "findings": kept, "summary": new_summary}
+FORMATS = ("json", "markdown")
+
+
+def finish_review(review: Any, os_path: Optional[str], api_path: str, ignore: List[str], fmt: str) -> Dict[str, Any]:
+    """The reply for a finished review: paths as the client names them, ignored rules dropped
+    (the summary is recounted), and the Markdown report when ``fmt`` is "markdown"."""
+    if os_path and os_path != api_path:
+        for f in review.findings:
+            if f.path == os_path:
+                f.path = api_path
+        for doc in getattr(review, "documents", []):
+            if getattr(doc, "path", None) == os_path:
+                doc.path = api_path
+        review.observations = [s.replace(os_path, api_path) for s in review.observations]
+        review.errors = [s.replace(os_path, api_path) for s in review.errors]
+    if ignore:
+        prefixes = tuple(code.upper() for code in ignore)
+        review.findings = [f for f in review.findings if not f.rule.upper().startswith(prefixes)]
+    data = review.to_json()
+    if fmt == "markdown":
+        from ..render.markdown import render_markdown
+
+        data["markdown"] = render_markdown(review)
+    return data
 
 
 class ReviewService:
@@ -103,16 +114,36 @@ class ReviewService:
         language = body.get("language")
         if language is not None and not isinstance(language, str):
             raise BadRequest(f"'language' must be a string such as 'python'; got {language!r}")
+        fmt = body.get("format", "json")
+        if fmt not in FORMATS:
+            raise BadRequest(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        finish = partial(finish_review, ignore=ignore, fmt=fmt)
 
-        if "cells" in body and body["cells"] is not None:
-            data = await self._review_cells(body["cells"], body.get("path"), standard, language)
-        elif body.get("path") is not None:
-            data = await self._review_file(body["path"], standard)
-        else:
-            raise BadRequest(
-                "request body needs 'path' (a file under the server root) or 'cells' (notebook cells to review)"
-            )
-        return filter_ignored(data, ignore)
+        from ..config import ConfigError
+        from ..source import InputError
+
+        try:
+            if "cells" in body and body["cells"] is not None:
+                return await self._review_cells(body["cells"], body.get("path"), standard, language, finish)
+            if body.get("path") is not None:
+                return await self._review_file(body["path"], standard, finish)
+        except (InputError, ConfigError) as exc:  # user errors: name files as the client sees them
+            scrubbed = self._scrub(str(exc))
+            if scrubbed == str(exc):
+                raise
+            raise type(exc)(scrubbed) from None
+        raise BadRequest(
+            "request body needs 'path' (a file under the server root) or 'cells' (notebook cells to review)"
+        )
+
+    def _scrub(self, message: str) -> str:
+        """``message`` with the server root's OS location removed (paths relative to the root)."""
+        root = getattr(self.cm, "root_dir", None)
+        if not root:
+            return message
+        for prefix in {os.path.realpath(root), os.path.abspath(root)}:
+            message = message.replace(prefix + os.sep, "")
+        return message
 
     async def rules(self) -> Dict[str, Any]:
         try:
@@ -167,11 +198,11 @@ class ReviewService:
         if not getattr(self.cm, "allow_hidden", False) and is_hidden(os_path, os.path.abspath(self.cm.root_dir)):
             raise NotFound(f"{api_path!r} is hidden (or inside a hidden folder) and cannot be reviewed")
 
-    async def _review_file(self, path: Any, standard: Optional[str]) -> Dict[str, Any]:
+    async def _review_file(self, path: Any, standard: Optional[str], finish: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:
         api_path = check_api_path(path)
         os_path = self._os_path(api_path)
         if os_path is None:
-            return await self._review_via_contents(api_path, standard)
+            return await self._review_via_contents(api_path, standard, finish)
         if not os.path.exists(os_path):
             raise NotFound(f"no such file under the server root: {api_path}")
         if os.path.isdir(os_path):
@@ -179,9 +210,11 @@ class ReviewService:
         self._check_visible(api_path, os_path)
         from ..engine import review_path
 
-        return await self._run(_review_and_relabel, review_path, os_path, api_path, standard)
+        return await self._run(_review_file_sync, review_path, os_path, api_path, standard, finish)
 
-    async def _review_via_contents(self, api_path: str, standard: Optional[str]) -> Dict[str, Any]:
+    async def _review_via_contents(
+        self, api_path: str, standard: Optional[str], finish: Callable[..., Dict[str, Any]]
+    ) -> Dict[str, Any]:
         """Non file-backed contents managers: fetch the content, review a temporary copy."""
         from jupyter_server.utils import ensure_async
 
@@ -207,9 +240,11 @@ class ReviewService:
             tmp_path = os.path.join(tmp, os.path.basename(api_path))
             with open(tmp_path, "w", encoding="utf-8") as fh:
                 fh.write(text)
-            return await self._run(_review_and_relabel, review_path, tmp_path, api_path, standard)
+            return await self._run(_review_file_sync, review_path, tmp_path, api_path, standard, finish)
 
-    async def _review_cells(self, cells: Any, path: Any, standard: Optional[str], language: Optional[str]) -> Dict[str, Any]:
+    async def _review_cells(
+        self, cells: Any, path: Any, standard: Optional[str], language: Optional[str], finish: Callable[..., Dict[str, Any]]
+    ) -> Dict[str, Any]:
         if not isinstance(cells, list):
             raise BadRequest(
                 f"'cells' must be a list of notebook cells (objects with cell_type and source); got {type(cells).__name__}"
@@ -231,20 +266,11 @@ class ReviewService:
             config = await self._run(find_config, Path(os_path))
         from ..engine import review_cells
 
-        review = await self._run(review_cells, cells, api_path, standard=standard, language=language, config=config)
-        return review.to_json()
+        def work() -> Dict[str, Any]:
+            review = review_cells(cells, api_path, standard=standard, language=language, config=config)
+            return finish(review, None, api_path)
 
-
-def _relabel(data: Dict[str, Any], os_path: str, api_path: str) -> Dict[str, Any]:
-    if os_path == api_path:
-        return data
-    for f in data.get("findings", []):
-        if f.get("path") == os_path:
-            f["path"] = api_path
-    for key in ("observations", "errors"):
-        if key in data:
-            data[key] = [s.replace(os_path, api_path) if isinstance(s, str) else s for s in data[key]]
-    return data
+        return await self._run(work)
 
 
 def _relabel_error(exc: BaseException, os_path: str, api_path: str) -> BaseException:
@@ -257,7 +283,10 @@ def _relabel_error(exc: BaseException, os_path: str, api_path: str) -> BaseExcep
     return exc
 
 
-def _review_and_relabel(review_path: Callable[..., Any], os_path: str, api_path: str, standard: Optional[str]) -> Dict[str, Any]:
+def _review_file_sync(
+    review_path: Callable[..., Any], os_path: str, api_path: str, standard: Optional[str],
+    finish: Callable[..., Dict[str, Any]],
+) -> Dict[str, Any]:
     from ..source import InputError
 
     try:
@@ -267,4 +296,4 @@ def _review_and_relabel(review_path: Callable[..., Any], os_path: str, api_path:
         if new is exc:
             raise
         raise new from None
-    return _relabel(review.to_json(), os_path, api_path)
+    return finish(review, os_path, api_path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -88,16 +87,6 @@ def as_loss(out: Any) -> Optional[torch.Tensor]:
     if not isinstance(out, torch.Tensor) or not (out.is_floating_point() or out.is_complex()):
         return None
     return out if out.numel() == 1 else out.sum()
-
-
-def tensors_in(obj: Any) -> List[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
-
-    return [t for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)]
-
-
-def collect() -> None:
-    gc.collect()
 
 
 def describe(site) -> str:

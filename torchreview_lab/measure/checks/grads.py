@@ -7,7 +7,7 @@ pre-hook (removed afterwards) finds the modules that ran and where they were cal
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch.overrides import TorchFunctionMode
