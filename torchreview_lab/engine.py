@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
+from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from .config import Config, find_config
 from .findings import Finding, Fix, STANDARDS, check_standard, summarize
@@ -190,7 +190,8 @@ def review_document(
             visitors = [cls(ctx) for cls in rules]
             wrapper.visit_batched(visitors)
             positions = wrapper.resolve(PositionProvider)
-            review.findings.extend(_to_findings(doc, spans, ctx, positions, standard, config))
+            parents = wrapper.resolve(ParentNodeProvider)
+            review.findings.extend(_to_findings(doc, spans, ctx, positions, parents, standard, config))
 
     if "TR001" in {r.code for r in rules}:
         review.findings.extend(syntax_findings)
@@ -275,7 +276,20 @@ def _parse_combined(parts, spans, doc, syntax_findings, standard) -> Optional[cs
         return None
 
 
-def _to_findings(doc, spans, ctx: RuleContext, positions, standard: str, config: Config) -> Iterable[Finding]:
+def _enclosing_function(node, parents) -> Optional[str]:
+    """Dotted name of the function a node sits in (``Model.forward``), for probes and reports."""
+    names = []
+    p = parents.get(node)
+    while p is not None:
+        if isinstance(p, (cst.FunctionDef, cst.ClassDef)):
+            names.append(p.name.value)
+        p = parents.get(p)
+    if not names or isinstance(node, cst.ClassDef):
+        return None
+    return ".".join(reversed(names))
+
+
+def _to_findings(doc, spans, ctx: RuleContext, positions, parents, standard: str, config: Config) -> Iterable[Finding]:
     loc = _Located(spans)
     for rep in ctx.reports:
         sev = _resolve_severity(rep, standard, config.severity)
@@ -289,6 +303,10 @@ def _to_findings(doc, spans, ctx: RuleContext, positions, standard: str, config:
         if end_span is not span:
             end_line = span.nlines
         rule = rep.rule
+        evidence = dict(rep.evidence or {})
+        fn = _enclosing_function(rep.node, parents)
+        if fn:
+            evidence.setdefault("function", fn)
         yield Finding(
             rule=rule.code,
             category=rep.category or rule.category,
@@ -306,7 +324,7 @@ def _to_findings(doc, spans, ctx: RuleContext, positions, standard: str, config:
             impact=rep.impact,
             fix=rep.fix,
             autofix=rep.replacement is not None,
-            evidence=rep.evidence,
+            evidence=evidence or None,
             standards=[s for s in STANDARDS if rule.severity_for(s)],
         )
 

@@ -35,6 +35,40 @@ def _site(code) -> Dict[str, Any]:
     return {"filename": code.co_filename, "line": code.co_firstlineno}
 
 
+def _referenced_names(code) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _referenced_names(const)
+    return names
+
+
+def reachable_functions(fn, ns: Dict[str, Any], depth: int = 4) -> List[str]:
+    """Names of the notebook's functions (and classes) ``fn`` calls, directly or through others:
+    lets the panel offer "Measure scaling" on a finding inside a helper the harness reaches."""
+    seen: set = set()
+    frontier = [fn]
+    for _ in range(depth):
+        nxt = []
+        for f in frontier:
+            code = getattr(f, "__code__", None)
+            if code is None:
+                continue
+            for name in _referenced_names(code):
+                obj = ns.get(name)
+                if name in seen or obj is None or getattr(obj, "__module__", None) != "__main__":
+                    continue
+                if inspect.isfunction(obj) or inspect.isclass(obj):
+                    seen.add(name)
+                    if inspect.isfunction(obj):
+                        nxt.append(obj)
+                    else:
+                        nxt.extend(v for v in vars(obj).values() if inspect.isfunction(v))
+                        seen.update(f"{name}.{k}" for k, v in vars(obj).items() if inspect.isfunction(v))
+        frontier = nxt
+    return sorted(seen)
+
+
 def probeable(ns: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Functions defined in the notebook that can be called as ``f(T)``: one required positional
     parameter (any others have defaults), plus ``harness``-like names first."""
@@ -62,6 +96,7 @@ def probeable(ns: Dict[str, Any]) -> List[Dict[str, Any]]:
             "harness": any(h in name.lower() for h in _HARNESS_HINTS),
             "size_like": required[0].name.lower() in _SIZE_NAMES,
             "site": _site(code),
+            "calls": reachable_functions(obj, ns),
             "cell_source": _cell_source(code.co_filename),
         })
     out.sort(key=lambda d: (not d["harness"], not d["size_like"], d["name"]))

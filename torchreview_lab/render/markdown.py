@@ -98,8 +98,9 @@ def render_markdown(review, **_) -> str:
             out.append(f"**Problem**: {f.problem}")
             if sev != "medium" or f.impact:
                 out.append(f"**Impact**: {f.impact}")
-            if f.evidence and sev != "medium":
-                out.append("**Evidence**: " + ", ".join(f"{k}={v}" for k, v in f.evidence.items()))
+            shown = {k: v for k, v in (f.evidence or {}).items() if k != "function"}
+            if shown and sev != "medium":
+                out.append("**Evidence**: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
             out += _fix_block(f)
             out.append("")
     out.append("## Positive Observations")

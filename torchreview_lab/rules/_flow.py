@@ -6,7 +6,7 @@ documented tensor shapes from comments/docstrings, and symbolic upper bounds of 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import libcst as cst
 
@@ -184,8 +184,8 @@ def _has_max_call(rule, fn, expr, depth=0) -> bool:
         if tf in MAX_LIKE or is_method_call(rule, c, MAX_LIKE):
             return True
         callee = (dotted_name(c.func) or "").split(".")[-1].lower()
-        if tf is None and ("max" in callee or "logsumexp" in callee or "lse" in callee) and "softmax" not in callee \
-                and "arg" not in callee:
+        bare = callee.replace("softmax", "").replace("argmax", "")
+        if tf is None and ("max" in bare or "logsumexp" in bare or "lse" in bare):
             return True  # a helper such as _safe_amax(x, dim)
     if isinstance(expr, cst.Name) and depth < 3:
         return any(_has_max_call(rule, fn, v, depth + 1) for v in assigned_values(rule, fn, expr.value))

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import libcst as cst
 
 from ..findings import Fix
 from ._flow import canonical_size
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
-from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function
+from ._torch import (assigned_values, enclosing_function, is_method_call, kwarg, method_call,
+                     torch_function, walk_own)
 from .base import Invalid, Rule
 from .tr101_materialized_loop_tensor import shape_dims
 
@@ -27,6 +28,10 @@ def _none_positions(e) -> Optional[tuple]:
             and isinstance(e.args[0].value, (cst.Integer, cst.UnaryOperation)):
         return mc[0].value, (cst.Module(body=[]).code_for_node(e.args[0].value),)
     return None
+
+
+_LABEL_NAMES = frozenset({"C", "D", "H", "V", "num_classes", "n_classes", "labels", "n_labels", "hidden", "d_model",
+                          "dim", "features", "channels", "vocab_size"})
 
 
 class PairwiseSequenceTensor(Rule):
@@ -60,6 +65,7 @@ class PairwiseSequenceTensor(Rule):
         "import torch\ndef f(x):\n    B, T, C = x.shape\n    return torch.zeros(B, T, C)\n",
         "def f(x, y):\n    return x[:, None] - y[None, :]\n",
         "import torch\ndef f(group):\n    size = len(group)\n    return torch.ones([size, size])\n",
+        "import torch\ndef f(em, K):\n    B, T, C = em.shape\n    return torch.zeros(B, T, K, C, C)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(x):\n    T = x.shape[1]\n    return torch.zeros(x.shape[0], T, T)\n", line=4),
@@ -78,18 +84,40 @@ class PairwiseSequenceTensor(Rule):
         canon = [canonical_size(self, fn, d) if isinstance(d, (cst.Name, cst.Subscript, cst.Call)) else None for d in dims]
         seen = {}
         for d, c in zip(dims, canon):
-            if c and ".shape[" in c and not self._from_len(d, fn):
+            if c and ".shape[" in c and not self._from_len(d, fn) and not self._label_axis(d, c, fn):
                 seen[c] = seen.get(c, 0) + 1
         rep = [c for c, n in seen.items() if n >= 2]
         if not rep:
             return
+        mask = kwarg(node, "dtype") is not None and "bool" in self.code_for(kwarg(node, "dtype").value)
+        p = self.parent(node)
+        while isinstance(p, (cst.Attribute, cst.Call, cst.Arg)) and not mask:
+            mask = (isinstance(p, cst.Call) and (torch_function(self, p) in ("triu", "tril")
+                                                 or bool(is_method_call(self, p, {"triu", "tril"}))))
+            p = self.parent(p)
         self.report(
             node,
             problem=(f"`{self.code_for(node)}` materializes two dimensions of size `{rep[0]}`, a size read from the data."),
             impact="Memory grows quadratically with the sequence length: 640 GB in float32 at T = 400,000.",
             fix=Fix(before=self.code_for(node), after="# keep only the band |i - j| <= K, or stream over one axis"),
             evidence={"repeated_dim": rep[0]},
+            severity="low" if mask else None,
         )
+
+    def _label_axis(self, d, canon: str, fn) -> bool:
+        """C x C (labels, features) is not a sequence axis: the last axis of an unpacked shape, ``shape[-1]``,
+        or a size named for classes/features."""
+        if canon.endswith("[-1]") or (isinstance(d, cst.Name) and d.value in _LABEL_NAMES):
+            return True
+        if isinstance(d, cst.Name):
+            for n in walk_own(fn.body if fn is not None else self.ctx.module, cst.Assign):
+                for t in n.targets:
+                    if isinstance(t.target, (cst.Tuple, cst.List)) and isinstance(n.value, cst.Attribute) \
+                            and n.value.attr.value == "shape":
+                        names = [e.value.value if isinstance(e.value, cst.Name) else None for e in t.target.elements]
+                        if d.value in names and names.index(d.value) == len(names) - 1 and len(names) > 1:
+                            return True
+        return False
 
     def _from_len(self, d, fn) -> bool:
         """``len(group)`` is the length of a container, not a sequence axis of the data."""

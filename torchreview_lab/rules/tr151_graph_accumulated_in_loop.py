@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from typing import Optional
+import re
 
 import libcst as cst
 
-from ..findings import Fix
 from ._flow import graph_reason, in_no_grad, scope_of
-from ._torch import enclosing_loops, in_loop_body, walk_own
+from ._torch import assigned_values, enclosing_loops, in_loop_body, walk_own
 from .base import Invalid, Rule
 
 
@@ -48,6 +47,7 @@ class GraphAccumulatedInLoop(Rule):
         "import torch\ndef evaluate(model, data):\n    total = 0.0\n    with torch.no_grad():\n        for x, y in data:\n            loss = model(x).sum()\n            total += loss\n    return total\n",
         "def f(data):\n    out = []\n    for x in data:\n        y = x * 2\n        out.append(y)\n    return out\n",
         "def fit(model, data):\n    for x, y in data:\n        losses = []\n        loss = model(x).mean()\n        losses.append(loss)\n        sum(losses).backward()\n",
+        "def episode(env, policy, critic, opt, s):\n    values = []\n    for t in range(100):\n        values.append(critic(s))\n        s, r, done, _ = env.step(policy(s))\n    loss = torch.stack(values).sum()\n    loss.backward()\n",
         "def get_loss(outputs, model):\n    loss = 0.0\n    for v in outputs:\n        loss += model(v).sum()\n    return loss\n",
         "def fit(model, data):\n    total = 0\n    for x, y in data:\n        loss = model(x).mean()\n        loss.backward()\n        total += loss.detach()\n    return total\n",
     ]
@@ -92,7 +92,7 @@ class GraphAccumulatedInLoop(Rule):
         if scope is None:
             return
         reason = graph_reason(self, fn, scope, value)
-        if not reason:
+        if not reason or self._backwarded_later(acc, scope, fn):
             return
         v = self.code_for(value)
         scalar = isinstance(value, cst.Name) and ("backward" in reason or ".mean()" in reason or "loss" in v.lower())
@@ -113,9 +113,21 @@ class GraphAccumulatedInLoop(Rule):
         """The loop body runs a training step: ``.backward()``, ``optimizer.step()`` or ``autograd.backward``."""
         for c in walk_own(loop.body, cst.Call):
             f = c.func
-            if isinstance(f, cst.Attribute) and f.attr.value in ("backward", "step") and not (
-                    f.attr.value == "step" and "sched" in self.code_for(f.value).lower()):
+            if isinstance(f, cst.Attribute) and (f.attr.value == "backward" or f.attr.value == "step" and any(
+                    h in self.code_for(f.value).lower() for h in ("opt", "scaler", "solver"))):
                 return True
+        return False
+
+    def _backwarded_later(self, acc, scope, fn) -> bool:
+        """``sum(values).backward()`` / ``loss = torch.stack(values).sum(); loss.backward()``: deliberate."""
+        name = self.code_for(acc)
+        for c in walk_own(scope, cst.Call):
+            if isinstance(c.func, cst.Attribute) and c.func.attr.value == "backward":
+                recv = c.func.value
+                texts = [self.code_for(recv)] + [self.code_for(v) for v in (
+                    assigned_values(self, fn, recv.value) if isinstance(recv, cst.Name) else [])]
+                if any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", t) for t in texts):
+                    return True
         return False
 
     def _reset_in_loop(self, acc, loop) -> bool:

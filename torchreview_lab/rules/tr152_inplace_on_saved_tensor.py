@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import libcst as cst
 
 from ..findings import Fix
 from ._flow import in_no_grad
 from ._knowledge import INPLACE_METHODS, SAVES_INPUT, SAVES_OUTPUT, SAVES_OUTPUT_METHODS
-from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function, walk, walk_own
+from ._torch import enclosing_function, is_method_call, method_call, positional, torch_function, walk, walk_own
 from .base import Invalid, Rule
 
 _SAVING_BINOPS = (cst.Multiply, cst.MatrixMultiply, cst.Divide, cst.Power)

@@ -6,7 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._flow import exp_arg, is_shifted_or_bounded, scope_of
-from ._torch import is_method_call, method_call, positional, torch_function, walk_own
+from ._torch import is_method_call, positional, torch_function, walk_own
 from .base import Invalid, Rule
 
 _SUMS = {"sum", "cumsum", "mean", "nansum"}

@@ -6,7 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._flow import exp_arg, is_shifted_or_bounded
-from ._torch import enclosing_function
+from ._torch import assigned_values, enclosing_function
 from ._torch import dotted_name, is_method_call, method_call, positional, torch_function
 from .base import Invalid, Rule
 
@@ -67,7 +67,8 @@ class LogSumExpByHand(Rule):
         x = exp_arg(self, exp_call)
         if x is None:
             return
-        if not isinstance(x, cst.Name) and is_shifted_or_bounded(self, enclosing_function(self, node), x):
+        fn = enclosing_function(self, node)
+        if (assigned_values(self, fn, x.value) if isinstance(x, cst.Name) else True) and is_shifted_or_bounded(self, fn, x):
             return  # already max-shifted: a stable hand-written logsumexp
         prefix = _prefix(node) if torch_function(self, node) else None
         prefix = prefix or (_prefix(exp_call) if torch_function(self, exp_call) else None)

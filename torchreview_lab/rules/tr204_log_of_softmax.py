@@ -4,7 +4,7 @@ from typing import Optional
 
 import libcst as cst
 
-from ._torch import dotted_name, is_method_call, method_call, positional, torch_function
+from ._torch import is_method_call, method_call, positional, torch_function
 from .base import Invalid, Rule
 
 _SOFTMAX = {"softmax": "log_softmax", "nn.functional.softmax": "log_softmax", "special.softmax": "log_softmax",

@@ -5,7 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import kwarg, method_call, positional, torch_function
+from ._torch import assigned_values, enclosing_function, kwarg, method_call, positional, torch_function
 from .base import Invalid, Rule
 
 _LOW = {"half": "float16", "bfloat16": "bfloat16"}
@@ -46,6 +46,7 @@ class HalfPrecisionReduction(Rule):
         Invalid("def f(x):\n    return x.half().cumsum(dim=1)\n", line=2),
         Invalid("import torch\ndef f(x):\n    return torch.sum(x.to(torch.bfloat16), dim=-1)\n", line=3),
         Invalid("import torch\ndef f(x):\n    return x.to(dtype=torch.float16).sum()\n", line=3),
+        Invalid("def f(x):\n    y = x.half()\n    return y.sum(-1)\n", line=3),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -60,6 +61,9 @@ class HalfPrecisionReduction(Rule):
         else:
             return
         low = self._low_precision(src)
+        if not low and isinstance(src, cst.Name):
+            vals = assigned_values(self, enclosing_function(self, node), src.value)
+            low = self._low_precision(vals[0]) if len(vals) == 1 else None
         if not low:
             return
         self.report(

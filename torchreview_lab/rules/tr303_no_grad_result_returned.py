@@ -6,7 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._flow import NO_GRAD_CONTEXTS
-from ._torch import names_in, torch_function, walk_own
+from ._torch import torch_function, walk_own
 from .base import Invalid, Rule
 
 _EVAL_HINTS = ("eval", "predict", "infer", "generate", "sample", "decode", "test", "valid", "score", "metric",

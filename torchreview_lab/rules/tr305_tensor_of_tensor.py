@@ -4,8 +4,7 @@ from typing import Optional
 
 import libcst as cst
 
-from ._knowledge import TENSOR_FACTORIES
-from ._torch import assigned_values, enclosing_function, function_facts, kwarg, method_call, positional, torch_function
+from ._torch import assigned_values, enclosing_function, function_facts, method_call, positional, torch_function
 from .base import Invalid, Rule
 
 # Torch functions that return Python values or containers, not tensors.

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Set
 
 import libcst as cst
 
 from ..findings import Fix
 from ._flow import canonical_size, comment_and_doc_text, documented_shapes, upper_bounds
-from ._torch import assigned_values, enclosing_function, enclosing_loops, loop_targets, names_in
+from ._torch import assigned_values, enclosing_function, enclosing_loops, function_facts, loop_targets, names_in
 from .base import Invalid, Rule
 
 
@@ -47,6 +47,7 @@ class IndexReachesSize(Rule):
         "def f(x):\n    N = x.shape[0]\n    for i in range(N - 1):\n        x[i + 1] = x[i]\n    return x\n",
         "def f(x):\n    n = len(x)\n    for i in range(n):\n        if i + 1 < n:\n            x[i + 1] += x[i]\n",
         "def f(x, K):\n    T = x.shape[1]\n    for t in range(T):\n        y = x[:, t]\n    return y\n",
+        "import torch.nn.functional as F\ndef f(x):\n    T = x.shape[0]\n    x = F.pad(x, (0, 0, 1, 0))\n    for t in range(T):\n        y = x[t + 1] - x[t]\n    return y\n",
     ]
     INVALID = [
         Invalid("def f(dur_table, K):\n    # dur_table: (K, C) scores for durations 1..K\n    out = []\n    for k in range(K):\n        dur = k + 1\n        out.append(dur_table[dur])\n    return out\n", line=6),
@@ -96,9 +97,13 @@ class IndexReachesSize(Rule):
 
     def _sizes(self, fn, arr, dim: int) -> Set[str]:
         arr_code = self.code_for(arr)
-        out: Set[str] = {f"{arr_code}.shape[{dim}]"}
         docs = self._doc_shapes(fn)
-        reassigned = isinstance(arr, cst.Name) and bool(assigned_values(self, fn, arr.value))
+        n_assign = len(assigned_values(self, fn, arr.value)) if isinstance(arr, cst.Name) else 0
+        is_param = fn is not None and isinstance(arr, cst.Name) and arr.value in function_facts(self, fn).params
+        reassigned = n_assign > 0
+        if n_assign >= 2 or (is_param and n_assign):
+            return set()  # x = F.pad(x, ...): sizes read before and after differ
+        out: Set[str] = {f"{arr_code}.shape[{dim}]"}
         if arr_code in docs and not reassigned:
             dims = docs[arr_code]
             if dim < len(dims) and dims[dim] != "?" and not dims[dim].isdigit():

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import assigned_values, enclosing_function, is_method_call, kwarg, method_call, positional, torch_function, walk
+from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function, walk
 from .base import Invalid, Rule
 
 _CENTRING = {"mean", "nanmean", "median"}
