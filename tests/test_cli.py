@@ -156,3 +156,16 @@ def test_module_entry_point_subprocess(buggy):
     p = subprocess.run([sys.executable, "-m", "torchreview_lab.cli", "review", str(buggy), "--fail-on", "medium"],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "TR401" in p.stdout
+
+
+def test_duration_convention_from_config(capsys, tmp_path):
+    code = ("def a(dur_table, K):\n    return [dur_table[k - 1] for k in range(1, K + 1)]\n\n\n"
+            "def b(dur_table, K):\n    return [dur_table[min(k, K - 1)] for k in range(1, K + 1)]\n")
+    p = tmp_path / "durations.py"
+    p.write_text(code)
+    (tmp_path / "pyproject.toml").write_text('[tool.torchreview]\nduration-convention = "clamp"\nselect = ["TR902"]\n')
+    _, out, _ = run(capsys, "review", p, "--format", "json")
+    assert [f["line"] for f in json.loads(out)["findings"]] == [2]
+    (tmp_path / "pyproject.toml").write_text('[tool.torchreview]\nduration-convention = "k-1"\nselect = ["TR902"]\n')
+    _, out, _ = run(capsys, "review", p, "--format", "json")
+    assert [f["line"] for f in json.loads(out)["findings"]] == [6]

@@ -47,3 +47,27 @@ def test_codes_unique_and_families():
     assert get_rule(codes[0].lower()) is RULES[0]
     with pytest.raises(KeyError):
         get_rule("TR999999")
+
+
+def _fix_cases():
+    for rule in RULES:
+        for i, ex in enumerate(rule.invalid_examples()):
+            if ex.expected_fix is not None:
+                yield pytest.param(rule, ex, id=f"{rule.code}-fix{i}")
+
+
+@pytest.mark.parametrize("rule,example", list(_fix_cases()))
+def test_autofix_produces_expected_code(rule, example):
+    """The fix is applied as `torchreview review --fix` applies it (text edits on the source)."""
+    from torchreview_lab.fixes import fixed_sources
+
+    review = review_source(example.code, "example.py", _standard_for(rule), select=[rule.code])
+    assert any(f.autofix for f in review.findings), f"{rule.code}: no autofix offered"
+    assert fixed_sources(review.documents[0], review)[None] == example.expected_fix
+    assert rule.autofix, f"{rule.code} has fix examples but does not declare autofix = True"
+
+
+def test_every_rule_module_imports():
+    from torchreview_lab.rules import broken_modules
+
+    assert broken_modules() == {}

@@ -2,7 +2,8 @@
 
 Keys: ``standard`` ("research"|"production"), ``select`` and ``ignore`` (lists of code prefixes),
 ``severity`` (a table code -> severity override), ``per-file-ignores`` (a table glob -> list of
-code prefixes), ``target-size`` (int, for scaling verdicts).
+code prefixes), ``target-size`` (int, for scaling verdicts), ``duration-convention`` ("k-1" or
+"clamp": how duration tables are indexed, for TR902).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Config:
     severity: Dict[str, str] = field(default_factory=dict)
     per_file_ignores: Dict[str, List[str]] = field(default_factory=dict)
     target_size: int = 400_000
+    duration_convention: Optional[str] = None  # TR902: "k-1" or "clamp"
     source: Optional[str] = None  # the pyproject.toml it came from
     root: Optional[Path] = None
 
@@ -61,7 +63,8 @@ def _codes(value: Any, where: str) -> List[str]:
 
 def parse_config(data: Dict[str, Any], source: str = "<config>") -> Config:
     cfg = Config(source=source)
-    unknown = set(data) - {"standard", "select", "ignore", "severity", "per-file-ignores", "target-size"}
+    unknown = set(data) - {"standard", "select", "ignore", "severity", "per-file-ignores", "target-size",
+                           "duration-convention"}
     if unknown:
         raise ConfigError(f"{source}: unknown [tool.torchreview] keys: {', '.join(sorted(unknown))}")
     try:
@@ -75,6 +78,11 @@ def parse_config(data: Dict[str, Any], source: str = "<config>") -> Config:
             cfg.severity[code.upper()] = check_severity(sev, f"{source}: severity.{code}")
         for pattern, codes in (data.get("per-file-ignores") or {}).items():
             cfg.per_file_ignores[pattern] = _codes(codes, f"{source}: per-file-ignores.{pattern}")
+        if "duration-convention" in data:
+            dc = data["duration-convention"]
+            if dc not in ("k-1", "clamp"):
+                raise ConfigError(f"{source}: duration-convention must be \"k-1\" or \"clamp\"; got {dc!r}")
+            cfg.duration_convention = dc
         if "target-size" in data:
             ts = data["target-size"]
             if not isinstance(ts, int) or ts <= 0:

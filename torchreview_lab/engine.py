@@ -20,7 +20,8 @@ from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvide
 
 from .config import Config, find_config
 from .findings import Finding, Fix, STANDARDS, check_standard, summarize
-from .rules import all_rules, select_rules
+from .rules import all_rules, broken_modules, select_rules
+from .rules._torch import clear_caches
 from .rules.base import Report, RuleContext
 from .source import (
     Cell,
@@ -159,6 +160,8 @@ def review_document(
     rules = select_rules(standard, select=select_all or None, ignore=ignore_all or None)
     known = {r.code for r in all_rules()}
     review = Review(findings=[], standard=standard, documents=[doc])
+    for mod, err in broken_modules().items():
+        review.errors.append(f"rule module {mod} failed to load and did not run: {err}")
 
     for cell in doc.cells:
         if cell.skipped_reason:
@@ -180,7 +183,8 @@ def review_document(
         parts.append(code)
         line += n
 
-    ctx = RuleContext(standard=standard, options={"kind": doc.kind, "path": doc.path})
+    ctx = RuleContext(standard=standard, options={"kind": doc.kind, "path": doc.path,
+                                                  "duration_convention": config.duration_convention})
     if spans:
         module = _parse_combined(parts, spans, doc, syntax_findings, standard)
         if module is not None:
@@ -188,7 +192,10 @@ def review_document(
             ctx.source = "".join(parts)
             wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
             visitors = [cls(ctx) for cls in rules]
-            wrapper.visit_batched(visitors)
+            try:
+                wrapper.visit_batched(visitors)
+            finally:
+                clear_caches()
             positions = wrapper.resolve(PositionProvider)
             parents = wrapper.resolve(ParentNodeProvider)
             review.findings.extend(_to_findings(doc, spans, ctx, positions, parents, standard, config))

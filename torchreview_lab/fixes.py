@@ -41,6 +41,10 @@ def apply_edits(source: str, edits: List[Tuple[int, int, int, int, str]]) -> Tup
             applied.append((s, e, t))
             last_end = e
     for s, e, t in reversed(applied):
+        line_start = source.rfind("\n", 0, s) + 1
+        indent = source[line_start:s]
+        if "\n" in t and not indent.strip():  # a statement replaced by a block: keep its indentation
+            t = t.replace("\n", "\n" + indent)
         source = source[:s] + t + source[e:]
     return source, len(applied)
 

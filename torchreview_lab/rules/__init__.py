@@ -22,7 +22,7 @@ from typing import Dict, List, Type
 
 from .base import Invalid, Rule, RuleContext
 
-__all__ = ["Rule", "RuleContext", "Invalid", "all_rules", "get_rule", "select_rules", "FAMILIES"]
+__all__ = ["Rule", "RuleContext", "Invalid", "all_rules", "get_rule", "select_rules", "broken_modules", "FAMILIES"]
 
 FAMILIES = {
     "TR0": "engine and runtime checks",
@@ -44,11 +44,24 @@ def _subclasses(cls):
         yield from _subclasses(sub)
 
 
+_BROKEN: Dict[str, str] = {}
+
+
+def broken_modules() -> Dict[str, str]:
+    """Rule modules that failed to import (module -> error): the other rules still run, and the
+    engine warns about these in every review."""
+    _registry()
+    return dict(_BROKEN)
+
+
 @lru_cache(maxsize=1)
 def _registry() -> Dict[str, Type[Rule]]:
     for mod in pkgutil.iter_modules(__path__):
         if not mod.name.startswith("_") and mod.name != "base":
-            importlib.import_module(f"{__name__}.{mod.name}")
+            try:
+                importlib.import_module(f"{__name__}.{mod.name}")
+            except Exception as exc:  # noqa: BLE001 - one broken rule must not silence all the others
+                _BROKEN[mod.name] = f"{type(exc).__name__}: {exc}"
     out: Dict[str, Type[Rule]] = {}
     for cls in _subclasses(Rule):
         if not cls.code:  # abstract helpers

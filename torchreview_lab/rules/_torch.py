@@ -121,16 +121,37 @@ def walk(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
         stack.extend(reversed(fast_children(n)))
 
 
-def walk_own(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
-    """Like ``walk`` but does not descend into nested functions, lambdas or classes."""
+# walk_own results per node for the review in progress: many rules walk the same function
+# bodies. Entries keep their node alive, so ids cannot be reused; the engine clears it per review.
+_OWN_CACHE: Dict[int, Tuple[cst.CSTNode, List[cst.CSTNode]]] = {}
+
+
+def clear_caches() -> None:
+    _OWN_CACHE.clear()
+
+
+def _own_nodes(node: cst.CSTNode) -> List[cst.CSTNode]:
+    hit = _OWN_CACHE.get(id(node))
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    out: List[cst.CSTNode] = []
     stack = list(reversed(fast_children(node)))
     while stack:
         n = stack.pop()
-        if kind is None or isinstance(n, kind):
-            yield n
+        out.append(n)
         if isinstance(n, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
             continue
         stack.extend(reversed(fast_children(n)))
+    _OWN_CACHE[id(node)] = (node, out)
+    return out
+
+
+def walk_own(node: cst.CSTNode, kind=None) -> Iterator[cst.CSTNode]:
+    """Like ``walk`` but does not descend into nested functions, lambdas or classes."""
+    nodes = _own_nodes(node)
+    if kind is None:
+        return iter(nodes)
+    return (n for n in nodes if isinstance(n, kind))
 
 
 def enclosing_function(rule, node: cst.CSTNode) -> Optional[cst.FunctionDef]:
