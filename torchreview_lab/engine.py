@@ -21,6 +21,7 @@ from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvide
 from .config import Config, find_config
 from .findings import Finding, Fix, STANDARDS, check_standard, summarize
 from .rules import all_rules, broken_modules, select_rules
+from .rules._observations import Observer
 from .rules._torch import clear_caches
 from .rules.base import Report, RuleContext
 from .source import (
@@ -191,7 +192,7 @@ def review_document(
             ctx.module = module
             ctx.source = "".join(parts)
             wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-            visitors = [cls(ctx) for cls in rules]
+            visitors = [cls(ctx) for cls in rules] + [Observer(ctx)]
             try:
                 wrapper.visit_batched(visitors)
             finally:
