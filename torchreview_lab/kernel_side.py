@@ -147,8 +147,15 @@ def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
         def on_point(point) -> None:
             _emit("point", point={"size": point.size, "peak_bytes": point.peak_bytes, "seconds": point.seconds})
 
+        budget = spec.get("budget_bytes")
+        if budget is None and spec.get("budget_fraction"):  # the panel's memoryBudget setting as a fraction
+            from .measure.probe import resolve_device
+            from .measure.trackers import device_memory
+
+            free = device_memory(resolve_device(spec.get("device", "auto"))).get("free")
+            budget = int(free * float(spec["budget_fraction"])) if free else None
         kwargs = dict(sizes=spec.get("sizes") or [256, 512, 1024, 2048], target=spec.get("target"),
-                      device=spec.get("device", "auto"), budget_bytes=spec.get("budget_bytes"),
+                      device=spec.get("device", "auto"), budget_bytes=budget,
                       time_budget=spec.get("time_budget"), backward=bool(spec.get("backward", False)), name=name)
         if "on_point" in inspect.signature(scale).parameters:
             kwargs["on_point"] = on_point

@@ -3,7 +3,7 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
+import { ICommandPalette, IThemeManager, showErrorMessage } from '@jupyterlab/apputils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
 import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
@@ -11,8 +11,9 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { Finding, Standard, STANDARDS } from './findings.gen';
 import { torchReviewIcon } from './icon';
 import { jumpToFinding } from './jump';
-import { ICellPayload, IReviewTarget, ReviewModel } from './model';
+import { ICellPayload, IReviewTarget, ReviewModel, findingKey } from './model';
 import { TorchReviewPanel } from './panel';
+import { DEFAULT_SIZES, ScalingModel } from './scaling';
 
 const PLUGIN_ID = 'torchreview-lab:plugin';
 
@@ -21,6 +22,7 @@ export namespace CommandIDs {
   export const open = 'torchreview:open';
   export const toggleStandard = 'torchreview:toggle-standard';
   export const exportMarkdown = 'torchreview:export-markdown';
+  export const scaling = 'torchreview:scaling';
 }
 
 /** The notebook as the model sees it: its path and its live cells (unsaved edits included). */
@@ -75,15 +77,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'Review PyTorch code in notebooks from a side panel.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [ICommandPalette, ISettingRegistry, ILayoutRestorer],
+  optional: [ICommandPalette, ISettingRegistry, ILayoutRestorer, IThemeManager],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     palette: ICommandPalette | null,
     settingRegistry: ISettingRegistry | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    themeManager: IThemeManager | null
   ) => {
     const model = new ReviewModel();
+    const scaling = new ScalingModel();
     const settings: ISettings = { standard: 'research', autoReviewOnSave: false, ignoredRules: [] };
     const targets = new WeakMap<NotebookPanel, IReviewTarget>();
     const targetFor = (nb: NotebookPanel): IReviewTarget => {
@@ -98,10 +102,27 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const nb = tracker.currentWidget;
       if (nb) {
         model.target = targetFor(nb);
+        scaling.target = model.target;
       }
     };
+    const notebookFor = (path: string | undefined) =>
+      tracker.find(w => w.context.path === path) ?? tracker.currentWidget;
 
-    const panel = new TorchReviewPanel(model, {
+    // Probe findings join the findings list (latest run of each function replaces its earlier ones).
+    scaling.finished.connect((_, run) => {
+      model.setProbeFindings(run.path, run.function, run.probe.findings ?? []);
+    });
+    // After each review, list the kernel's probe-able functions quietly: static memory findings in
+    // code a harness reaches then offer "Measure scaling".
+    let lastStatus = model.status;
+    model.changed.connect(() => {
+      if (model.status === 'done' && lastStatus === 'running') {
+        void scaling.refresh(true);
+      }
+      lastStatus = model.status;
+    });
+
+    const panel = new TorchReviewPanel(model, scaling, {
       review: () => {
         follow();
         void model.run();
@@ -110,12 +131,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
         void app.commands.execute(CommandIDs.exportMarkdown);
       },
       jump: (f: Finding) => {
-        const nb = tracker.find(w => w.context.path === model.target?.path) ?? tracker.currentWidget;
+        const nb = notebookFor(model.target?.path);
         if (nb) {
           void jumpToFinding(app, nb, f);
         }
+      },
+      jumpTo: (cell: number, line: number) => {
+        const nb = notebookFor(model.target?.path);
+        if (nb) {
+          const at = { cell, line, column: 1, cell_id: null } as unknown as Finding;
+          void jumpToFinding(app, nb, at);
+        }
+      },
+      measure: (f, fn) => {
+        model.tab = 'scaling';
+        scaling.update({ selected: fn.name });
+        void scaling.run(findingKey(f));
       }
-    });
+    }, themeManager ? themeManager.themeChanged : null);
     app.shell.add(panel, 'right', { rank: 650 });
     if (restorer) {
       restorer.add(panel, 'torchreview-panel');
@@ -153,6 +186,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
         app.shell.activateById(panel.id);
       }
     });
+    app.commands.addCommand(CommandIDs.scaling, {
+      label: 'TorchReview: Measure scaling',
+      caption: "Open the Scaling tab: measure memory and time against T in the notebook's kernel",
+      icon: torchReviewIcon,
+      isEnabled: () => tracker.currentWidget !== null,
+      execute: () => {
+        follow();
+        model.tab = 'scaling';
+        app.shell.activateById(panel.id);
+        void scaling.refresh();
+      }
+    });
     app.commands.addCommand(CommandIDs.toggleStandard, {
       label: () =>
         `TorchReview: Switch to ${model.standard === 'research' ? 'production' : 'research'} standard`,
@@ -184,6 +229,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       for (const command of [
         CommandIDs.review,
         CommandIDs.open,
+        CommandIDs.scaling,
         CommandIDs.toggleStandard,
         CommandIDs.exportMarkdown
       ]) {
@@ -205,6 +251,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
           model.defaultStandard = settings.standard;
         }
         model.ignoredRules = settings.ignoredRules;
+        const num = (key: string, fallback: number) => {
+          const v = Number(s.get(key).composite);
+          return Number.isFinite(v) && v > 0 ? v : fallback;
+        };
+        const sizes = ((s.get('probeSizes').composite as number[]) ?? []).filter(
+          n => Number.isInteger(n) && n > 0
+        );
+        scaling.settings = {
+          target: Math.round(num('targetSize', 400000)),
+          sizes: sizes.length ? sizes : [...DEFAULT_SIZES],
+          timeBudget: num('probeTimeBudget', 120),
+          memoryBudget: num('memoryBudget', 0.5),
+          isolated: Boolean(s.get('isolatedProbes').composite)
+        };
       };
       settingRegistry
         .load(PLUGIN_ID)

@@ -31,6 +31,9 @@ export interface IReviewTarget {
 
 export type ReviewStatus = 'idle' | 'running' | 'done' | 'error';
 
+/** The panel's two views. */
+export type PanelTab = 'findings' | 'scaling';
+
 export interface ISeverityGroup {
   severity: Severity;
   findings: Finding[];
@@ -52,6 +55,10 @@ export class ReviewModel {
   private _expanded = new Set<string>();
   private _generation = 0;
   private _reviewedAt: Date | null = null;
+  private _tab: PanelTab = 'findings';
+  // Findings of scaling probes and runtime checks: notebook path -> probed function -> findings.
+  private _probeFindings = new Map<string, Map<string, Finding[]>>();
+  private _dynamic = new WeakSet<Finding>();
 
   get changed(): ISignal<this, void> {
     return this._changed;
@@ -80,13 +87,60 @@ export class ReviewModel {
     return this._target ? this._reviews.get(this._target.path) ?? null : null;
   }
 
-  /** The findings shown: the current review, less ignored rules. */
+  get tab(): PanelTab {
+    return this._tab;
+  }
+  set tab(tab: PanelTab) {
+    if (tab !== this._tab) {
+      this._tab = tab;
+      this._changed.emit();
+    }
+  }
+
+  /** The findings shown: the current review's and the probes', less ignored rules. */
   get findings(): Finding[] {
     const review = this.review;
-    if (!review) {
+    const all = [...(review ? review.findings : []), ...this.probeFindings];
+    return all.filter(f => !this.isIgnored(f.rule));
+  }
+
+  /** Findings from the current notebook's probes (measured memory, runtime checks). */
+  get probeFindings(): Finding[] {
+    const byFunction = this._target ? this._probeFindings.get(this._target.path) : undefined;
+    if (!byFunction) {
       return [];
     }
-    return review.findings.filter(f => !this.isIgnored(f.rule));
+    const out: Finding[] = [];
+    const seen = new Set<string>();
+    for (const list of byFunction.values()) {
+      for (const f of list) {
+        const key = findingKey(f);
+        if (!seen.has(key)) {
+          seen.add(key);
+          out.push(f);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Replace the findings a probe of `fn` produced for the notebook at `path`. */
+  setProbeFindings(path: string, fn: string, findings: Finding[]): void {
+    let byFunction = this._probeFindings.get(path);
+    if (!byFunction) {
+      byFunction = new Map();
+      this._probeFindings.set(path, byFunction);
+    }
+    for (const f of findings) {
+      this._dynamic.add(f);
+    }
+    byFunction.set(fn, findings);
+    this._changed.emit();
+  }
+
+  /** Whether a finding came from running the code (a probe) rather than from reading it. */
+  isDynamic(f: Finding): boolean {
+    return this._dynamic.has(f);
   }
 
   /** Findings by severity, most severe first; every severity is present (maybe empty). */

@@ -1,10 +1,14 @@
 import * as React from 'react';
 
-import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
+import { ReactWidget } from '@jupyterlab/ui-components';
+import { ISignal } from '@lumino/signaling';
 
 import { Finding, Severity, STANDARDS, Standard } from './findings.gen';
+import { bigO, fmtBytes, fmtSize } from './format';
 import { torchReviewIcon } from './icon';
-import { ReviewModel, findingKey, locationLabel } from './model';
+import { PanelTab, ReviewModel, findingKey, locationLabel } from './model';
+import { IProbeFunction, IRun, ScalingModel, measuredLine } from './scaling';
+import { ScalingView } from './scalingView';
 
 const SEVERITY_LABEL: Record<Severity, string> = {
   critical: 'Critical',
@@ -26,6 +30,77 @@ export interface IPanelActions {
   jump(f: Finding): void;
   /** Save the review as Markdown next to the notebook and open it. */
   exportMarkdown(): void;
+  /** Measure how `fn` scales (from a static finding's "Measure scaling"). */
+  measure(f: Finding, fn: IProbeFunction): void;
+  /** Move the notebook's cursor to a cell (0-based) and line (1-based). */
+  jumpTo(cell: number, line: number): void;
+}
+
+/** Categories whose findings a scaling probe can confirm or refute. */
+const MEASURABLE = new Set(['memory-complexity', 'scaling']);
+
+/** The function a static finding sits in (`evidence.function`), when it has one. */
+function findingFunction(f: Finding): string | null {
+  const fn = f.evidence?.['function'];
+  return typeof fn === 'string' && fn ? fn : null;
+}
+
+/** The evidence a probe finding carries, in words: exponent, bytes at the target, device memory. */
+function Evidence(props: { f: Finding }): JSX.Element | null {
+  const ev = props.f.evidence;
+  if (!ev) {
+    return null;
+  }
+  const num = (k: string) => (typeof ev[k] === 'number' ? (ev[k] as number) : null);
+  const items: [string, string][] = [];
+  const exponent = num('exponent');
+  if (exponent !== null) {
+    const r2 = num('r2');
+    items.push(['memory law', `${bigO(exponent)} (exponent ${exponent.toFixed(2)}${r2 !== null ? `, R² ${r2.toFixed(3)}` : ''})`]);
+  }
+  const predicted = num('predicted_bytes');
+  if (predicted !== null) {
+    const sizes = Array.isArray(ev['sizes']) ? (ev['sizes'] as number[]) : [];
+    items.push(['at the target', `${fmtBytes(predicted)}${sizes.length ? ` (fitted over T=${sizes.map(s => fmtSize(s)).join(', ')})` : ''}`]);
+  }
+  const meta = num('meta_peak_bytes');
+  if (meta !== null) {
+    items.push(['meta-device run', fmtBytes(meta)]);
+  }
+  const device = num('device_bytes');
+  if (device !== null) {
+    items.push(['device memory', fmtBytes(device)]);
+  }
+  const fits = num('max_size_that_fits');
+  if (fits !== null) {
+    items.push(['largest T that fits', `≈ ${fmtSize(fits, true)}`]);
+  }
+  const size = num('size');
+  if (size !== null && items.length === 0) {
+    items.push(['size', fmtSize(size)]);
+  }
+  const shown = ['exponent', 'r2', 'predicted_bytes', 'meta_peak_bytes', 'device_bytes', 'max_size_that_fits', 'size'];
+  for (const [k, v] of Object.entries(ev)) {
+    if (shown.includes(k) || ['source', 'function', 'sizes', 'peak_bytes'].includes(k)) {
+      continue;
+    }
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') {
+      items.push([k.replace(/_/g, ' '), String(v)]);
+    }
+  }
+  if (!items.length) {
+    return null;
+  }
+  return (
+    <dl className="jp-TorchReview-evidence">
+      {items.map(([k, v]) => (
+        <React.Fragment key={k}>
+          <dt>{k}</dt>
+          <dd>{v}</dd>
+        </React.Fragment>
+      ))}
+    </dl>
+  );
 }
 
 /** Text with `backticked` spans shown as inline code (the engine's messages use them). */
@@ -111,15 +186,39 @@ function Code(props: { label: string; code: string; kind: string }): JSX.Element
   );
 }
 
-function Row(props: { f: Finding; model: ReviewModel; actions: IPanelActions }): JSX.Element {
-  const { f, model, actions } = props;
+/** What probes say about a static finding: functions that reach its code, and the latest run of one. */
+function measurement(f: Finding, model: ReviewModel, scaling: ScalingModel): { fns: IProbeFunction[]; run: IRun | null } {
+  const fn = findingFunction(f);
+  if (model.isDynamic(f) || !fn || !MEASURABLE.has(f.category)) {
+    return { fns: [], run: null };
+  }
+  const fns = scaling.functionsReaching(fn);
+  const names = new Set(fns.map(g => g.name));
+  const key = findingKey(f);
+  const runs = scaling.runs.filter(r => names.has(r.function) || r.forFinding === key);
+  const own = runs.filter(r => r.forFinding === key);
+  const run = (own.length ? own : runs).slice(-1)[0] ?? null;
+  return { fns, run };
+}
+
+function Row(props: { f: Finding; model: ReviewModel; scaling: ScalingModel; actions: IPanelActions }): JSX.Element {
+  const { f, model, scaling, actions } = props;
   const expanded = model.isExpanded(f);
+  const dynamic = model.isDynamic(f);
+  const { fns, run } = measurement(f, model, scaling);
+  const measured = run ? measuredLine(run) : null;
+  const fits = run?.probe.result?.target?.fits;
   return (
     <li
-      className={`jp-TorchReview-finding jp-TorchReview-sev-${f.severity}` + (expanded ? ' jp-mod-expanded' : '')}
+      className={
+        `jp-TorchReview-finding jp-TorchReview-sev-${f.severity}` +
+        (expanded ? ' jp-mod-expanded' : '') +
+        (dynamic ? ' jp-mod-dynamic' : '')
+      }
       data-rule={f.rule}
       data-cell={f.cell ?? ''}
       data-line={f.line}
+      data-dynamic={dynamic ? 'true' : undefined}
     >
       <div
         className="jp-TorchReview-row"
@@ -153,8 +252,38 @@ function Row(props: { f: Finding; model: ReviewModel; actions: IPanelActions }):
         <span className="jp-TorchReview-title">
           <Prose text={f.title} />
         </span>
-        <span className="jp-TorchReview-location">{locationLabel(f)}</span>
+        <span className="jp-TorchReview-location">
+          {dynamic && <span className="jp-TorchReview-measuredTag">measured</span>}
+          {f.cell === null && f.line <= 1 && dynamic ? 'from a probe' : locationLabel(f)}
+        </span>
       </div>
+      {(measured || fns.length > 0) && (
+        <div className="jp-TorchReview-measure">
+          {measured && (
+            <span
+              className={
+                'jp-TorchReview-measured' + (fits === false ? ' jp-mod-nofit' : fits === true ? ' jp-mod-fits' : '')
+              }
+              data-state={run?.probe.state}
+            >
+              {measured}
+            </span>
+          )}
+          {fns.length > 0 && run?.probe.state !== 'running' && (
+            <button
+              className="jp-TorchReview-linkButton jp-TorchReview-measureButton"
+              title={`Run ${fns[0].name} at several sizes and fit memory and time against T`}
+              disabled={!!scaling.running}
+              onClick={e => {
+                e.stopPropagation();
+                actions.measure(f, fns[0]);
+              }}
+            >
+              {run ? 'Measure again' : 'Measure scaling'}
+            </button>
+          )}
+        </div>
+      )}
       {expanded && (
         <div className="jp-TorchReview-details">
           <div className="jp-TorchReview-meta">
@@ -164,6 +293,7 @@ function Row(props: { f: Finding; model: ReviewModel; actions: IPanelActions }):
           <p>
             <strong>Problem.</strong> <Prose text={f.problem} />
           </p>
+          {dynamic && <Evidence f={f} />}
           {f.impact && (
             <p>
               <strong>Impact.</strong> <Prose text={f.impact} />
@@ -181,9 +311,10 @@ function Row(props: { f: Finding; model: ReviewModel; actions: IPanelActions }):
   );
 }
 
-function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.Element {
-  const { model, actions } = props;
+function Findings(props: { model: ReviewModel; scaling: ScalingModel; actions: IPanelActions }): JSX.Element {
+  const { model, scaling, actions } = props;
   const review = model.review;
+  const probes = model.probeFindings.length > 0;
   if (!model.target) {
     return (
       <div className="jp-TorchReview-empty">
@@ -191,7 +322,7 @@ function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.El
       </div>
     );
   }
-  if (!review) {
+  if (!review && !probes) {
     return model.status === 'running' ? (
       <div className="jp-TorchReview-empty">Reviewing…</div>
     ) : (
@@ -203,9 +334,14 @@ function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.El
   const shown = model.groups.filter(g => g.findings.length > 0 && !model.isHidden(g.severity));
   return (
     <div className="jp-TorchReview-results">
-      {model.findings.length === 0 && (
+      {review && model.findings.length === 0 && (
         <div className="jp-TorchReview-empty jp-TorchReview-clean">
           No findings under the <b>{review.summary.standard}</b> standard.
+        </div>
+      )}
+      {!review && (
+        <div className="jp-TorchReview-empty">
+          Measured findings below; press <b>Review</b> for the static review too.
         </div>
       )}
       {shown.map(g => (
@@ -217,16 +353,16 @@ function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.El
           </h3>
           <ul>
             {g.findings.map(f => (
-              <Row key={findingKey(f)} f={f} model={model} actions={actions} />
+              <Row key={findingKey(f)} f={f} model={model} scaling={scaling} actions={actions} />
             ))}
           </ul>
         </section>
       ))}
-      {(review.observations ?? []).length > 0 && (
+      {(review?.observations ?? []).length > 0 && (
         <section className="jp-TorchReview-observations">
           <h3 className="jp-TorchReview-groupHeader">Positive observations</h3>
           <ul>
-            {(review.observations ?? []).map((o, i) => (
+            {(review?.observations ?? []).map((o, i) => (
               <li key={i}>
                 <Prose text={o} />
               </li>
@@ -234,11 +370,11 @@ function Findings(props: { model: ReviewModel; actions: IPanelActions }): JSX.El
           </ul>
         </section>
       )}
-      {(review.errors ?? []).length > 0 && (
+      {(review?.errors ?? []).length > 0 && (
         <section className="jp-TorchReview-errors">
           <h3 className="jp-TorchReview-groupHeader">Could not analyse</h3>
           <ul>
-            {(review.errors ?? []).map((e, i) => (
+            {(review?.errors ?? []).map((e, i) => (
               <li key={i}>{e}</li>
             ))}
           </ul>
@@ -281,11 +417,55 @@ function Status(props: { model: ReviewModel; actions: IPanelActions }): JSX.Elem
   );
 }
 
-function Body(props: { model: ReviewModel; actions: IPanelActions }): JSX.Element {
-  const { model, actions } = props;
+const TABS: { id: PanelTab; label: string; help: string }[] = [
+  { id: 'findings', label: 'Findings', help: 'What the review (and the probes) found' },
+  { id: 'scaling', label: 'Scaling', help: "Measure memory and time against T in the notebook's kernel" }
+];
+
+function Tabs(props: { model: ReviewModel; scaling: ScalingModel }): JSX.Element {
+  const { model, scaling } = props;
+  const n = model.findings.length;
+  const running = scaling.running;
+  return (
+    <div className="jp-TorchReview-tabs" role="tablist">
+      {TABS.map(t => (
+        <button
+          key={t.id}
+          role="tab"
+          aria-selected={model.tab === t.id}
+          className={`jp-TorchReview-tab jp-TorchReview-tab-${t.id}` + (model.tab === t.id ? ' jp-mod-selected' : '')}
+          title={t.help}
+          onClick={() => {
+            model.tab = t.id;
+            if (t.id === 'scaling' && !scaling.functions.length) {
+              void scaling.refresh();
+            }
+          }}
+        >
+          {t.label}
+          {t.id === 'findings' && (model.review || n > 0) && <span className="jp-TorchReview-tabCount">{n}</span>}
+          {t.id === 'scaling' && running && <span className="jp-TorchReview-spinner" title="a probe is running" />}
+        </button>
+      ))}
+    </div>
+  );
+}
+
+function Body(props: {
+  model: ReviewModel;
+  scaling: ScalingModel;
+  actions: IPanelActions;
+  themeChanged: ISignal<unknown, unknown> | null;
+}): JSX.Element {
+  const { model, scaling, actions } = props;
   const name = model.target ? model.target.path.split('/').pop() : null;
   return (
-    <div className="jp-TorchReview-body" data-status={model.status} data-standard={model.standard}>
+    <div
+      className="jp-TorchReview-body"
+      data-status={model.status}
+      data-standard={model.standard}
+      data-tab={model.tab}
+    >
       <header className="jp-TorchReview-header">
         <torchReviewIcon.react tag="span" className="jp-TorchReview-headerIcon" />
         <span className="jp-TorchReview-heading">TorchReview</span>
@@ -295,10 +475,17 @@ function Body(props: { model: ReviewModel; actions: IPanelActions }): JSX.Elemen
           </span>
         )}
       </header>
-      <Toolbar model={model} actions={actions} />
-      {model.review && <SeverityChips model={model} />}
-      <Status model={model} actions={actions} />
-      <Findings model={model} actions={actions} />
+      <Tabs model={model} scaling={scaling} />
+      {model.tab === 'findings' ? (
+        <>
+          <Toolbar model={model} actions={actions} />
+          {(model.review || model.probeFindings.length > 0) && <SeverityChips model={model} />}
+          <Status model={model} actions={actions} />
+          <Findings model={model} scaling={scaling} actions={actions} />
+        </>
+      ) : (
+        <ScalingView model={scaling} actions={actions} themeChanged={props.themeChanged} />
+      )}
     </div>
   );
 }
@@ -307,20 +494,22 @@ function Body(props: { model: ReviewModel; actions: IPanelActions }): JSX.Elemen
 export class TorchReviewPanel extends ReactWidget {
   constructor(
     readonly model: ReviewModel,
-    private readonly _actions: IPanelActions
+    readonly scaling: ScalingModel,
+    private readonly _actions: IPanelActions,
+    private readonly _themeChanged: ISignal<unknown, unknown> | null = null
   ) {
     super();
     this.addClass('jp-TorchReview');
     this.id = 'torchreview-panel';
     this.title.icon = torchReviewIcon;
     this.title.caption = 'TorchReview';
+    model.changed.connect(this.update, this);
+    scaling.changed.connect(this.update, this);
   }
 
   protected render(): JSX.Element {
     return (
-      <UseSignal signal={this.model.changed}>
-        {() => <Body model={this.model} actions={this._actions} />}
-      </UseSignal>
+      <Body model={this.model} scaling={this.scaling} actions={this._actions} themeChanged={this._themeChanged} />
     );
   }
 }

@@ -250,6 +250,12 @@ class ProbeService:
         spec["device"] = dev
         spec["backward"] = bool(body.get("backward", False))
         spec["checks"] = bool(body.get("checks", False))
+        frac = body.get("budget_fraction")
+        if frac is not None:
+            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+                raise BadRequest(f"'budget_fraction' must be a number in (0, 1] (of the device's free memory); got {frac!r}")
+            if "budget_bytes" not in spec:
+                spec["budget_fraction"] = float(frac)
         spec.setdefault("time_budget", 120.0)
         return spec
 
@@ -338,6 +344,7 @@ class ProbeService:
         if probe.result is not None:
             if not probe.points:
                 probe.points = list(probe.result.get("points", []))
+            probe.result["verdict"] = self._verdict(probe.result)
             probe.findings = self._findings(probe)
         if probe.state == "running":
             probe.state = "error" if probe.error else "done"
@@ -380,13 +387,25 @@ class ProbeService:
                 d["end_line"] = d["end_line"] - f["line"] + line
         return d
 
+    @staticmethod
+    def _verdict(result: Dict[str, Any]) -> Optional[str]:
+        """The result's one-sentence verdict (the panel shows it as the measuring engine words it)."""
+        try:
+            from ..measure.result import ScalingResult
+
+            return ScalingResult.from_json({k: v for k, v in result.items()
+                                            if k not in ("site", "harness_error", "verdict")}).verdict()
+        except Exception:  # noqa: BLE001 - an older or partial result: the panel writes its own
+            return None
+
     def _findings(self, probe: Probe) -> List[Dict[str, Any]]:
         try:
             from ..measure.result import ScalingResult
             from ..measure.rules import scaling_findings
         except ImportError:
             return []
-        res = ScalingResult.from_json({k: v for k, v in probe.result.items() if k != "site"})
+        res = ScalingResult.from_json({k: v for k, v in probe.result.items()
+                                       if k not in ("site", "harness_error", "verdict")})
         site = probe.result.get("site") or {}
         cell, line = locate_in_cells(probe.cells, site.get("cell_source"), site.get("line"), probe.scratch_sources)
         out = []
