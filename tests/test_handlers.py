@@ -88,6 +88,16 @@ async def test_ignore_list_drops_rule_and_recounts(jp_fetch, jp_root_dir):
     assert data["summary"]["total"] == len(data["findings"]) < full["summary"]["total"]
 
 
+async def test_select_and_severity_settings_apply_to_live_cells(jp_fetch, jp_root_dir):
+    cells = [{"cell_type": k, "source": src, "id": f"c{i}"} for i, (k, src) in enumerate(CELLS)]
+    data = json.loads((await post(jp_fetch, {"cells": cells, "path": "live.ipynb", "select": ["TR4"],
+                                             "severity": {"tr401": "LOW"}})).body)
+    assert data["findings"] and {f["rule"][:3] for f in data["findings"]} == {"TR4"}
+    assert [f["severity"] for f in data["findings"] if f["rule"] == "TR401"] == ["low"]
+    code, body = await post_error(jp_fetch, {"cells": cells, "severity": {"TR401": "urgent"}})
+    assert code == 400 and "'severity'" in body["message"]
+
+
 async def test_markdown_report(jp_fetch, jp_root_dir):
     (jp_root_dir / "sub").mkdir()
     write_notebook(jp_root_dir / "sub" / "bug.ipynb", CELLS)

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,27 +19,8 @@ pytestmark = [pytest.mark.ui, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "notebooks" / "semimarkov_demo.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 BUG_TEXT = "edge = torch.zeros(batch, T, K, C, C)"  # no device=: the device-handling rule flags it
 SETTINGS = {"autoReviewOnSave": True, "ignoredRules": ["TR099"]}  # TR099: no such rule, just sent along
-
-
-def _need_chromium():
-    if os.access(CHROMIUM, os.X_OK):
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing on CI: `make install` installs it (apt-get install chromium)")
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); on CI this test runs")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bug_location():
@@ -60,86 +35,15 @@ def _bug_location():
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    _need_chromium()
-    tmp = tmp_path_factory.mktemp("lab")
-    root = tmp / "root"
-    root.mkdir()
-    shutil.copy(DEMO, root / DEMO.name)
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(tmp / "config"),
-        "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
-    }
-    cmd = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.expose_app_in_browser=True",
-    ]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-root")
-    # No "get notified about Jupyter news?" toast over the screenshots.
-    news = tmp / "settings" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    # The panel's own settings, as a user would set them.
-    ours = tmp / "settings" / "torchreview-lab"
-    ours.mkdir(parents=True)
-    (ours / "plugin.jupyterlab-settings").write_text(json.dumps(SETTINGS))
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "ui-server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {proc.returncode}: see {ARTIFACTS / 'ui-server.log'}")
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("jupyter lab did not answer /api/status within 60 s")
-            time.sleep(0.2)
-        yield {"base": base, "token": token, "root": root}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
+def lab(tmp_path_factory, ui):
+    with ui.running_lab(tmp_path_factory.mktemp("lab"), SETTINGS) as info:
+        yield info
 
 
 @pytest.fixture
-def page(lab):  # function scope: Playwright's loop must stop before pytest-jupyter's loop closes
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 900}, service_workers="block")
-        pg = context.new_page()
-        pg.set_default_timeout(30_000)
-        errors = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.errors = errors
-        try:
-            yield pg
-        finally:
-            try:
-                pg.screenshot(path=str(ARTIFACTS / "ui-last.png"))
-            except Exception:  # noqa: BLE001 - best effort after a failure
-                pass
-            context.close()
-            browser.close()
+def page(lab, ui):  # function scope: Playwright's loop must stop before pytest-jupyter's loop closes
+    with ui.browser_page() as pg:
+        yield pg
 
 
 # What the notebook says about itself, read through the app (exposed for tests) and the DOM.
@@ -167,40 +71,16 @@ STATE_JS = """() => {
 }"""
 
 
-def _widen_right_sidebar(page, width):
-    """Drag the handle between the main area and the right sidebar (for the screenshots)."""
-    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)").last
-    box = handle.bounding_box()
-    panel_box = page.locator("#torchreview-panel").bounding_box()
-    if not box or not panel_box or panel_box["width"] >= width:
-        return
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x - (width - panel_box["width"]), y, steps=8)
-    page.mouse.up()
-    page.wait_for_timeout(300)
-
-
 def _review_done(page, standard):
     page.wait_for_selector(f'.jp-TorchReview-body[data-status="done"][data-standard="{standard}"]')
 
 
-def test_panel_reviews_jumps_and_switches_standard(lab, page):
+def test_panel_reviews_jumps_and_switches_standard(lab, page, ui):
     cell, line = _bug_location()
-    page.goto(f"{lab['base']}/lab/tree/{DEMO.name}?token={lab['token']}")
-    n_cells = len(json.loads(DEMO.read_text(encoding="utf-8"))["cells"])
-    page.wait_for_function(
-        f"() => document.querySelectorAll('.jp-NotebookPanel .jp-Cell').length === {n_cells}", timeout=60_000
-    )
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand('torchreview:review')")
+    ui.open_notebook(page, lab)
 
     # The panel lives in the right sidebar: open it from its tab.
-    tab = page.locator('.lm-TabBar-tab[data-id="torchreview-panel"]')
-    panel = page.locator("#torchreview-panel")
-    if not panel.is_visible():
-        tab.click()
-    panel.wait_for(state="visible")
+    panel = ui.open_panel(page)
     assert "semimarkov_demo.ipynb" in panel.locator(".jp-TorchReview-notebook").inner_text()
 
     # Review with the research standard; the torch.zeros finding appears at its cell and line.
@@ -243,7 +123,7 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page):
         assert row.locator(".jp-TorchReview-code-after pre").inner_text().strip() == finding["fix"]["after"].strip()
     page.mouse.move(0, 0)
     page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
-    _widen_right_sidebar(page, 420)
+    ui.widen_right_sidebar(page, 420)
     panel.screenshot(path=str(ARTIFACTS / "ui-panel-only.png"))
     page.screenshot(path=str(ARTIFACTS / "ui-panel.png"))
     if os.environ.get("TORCHREVIEW_UPDATE_SCREENSHOT"):

@@ -8,10 +8,12 @@ in one place (:func:`torchreview_lab.server.handlers.error_status`).
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -68,9 +70,26 @@ def _first_paragraph(doc: Optional[str]) -> str:
 FORMATS = ("json", "markdown")
 
 
-def finish_review(review: Any, os_path: Optional[str], api_path: str, ignore: List[str], fmt: str) -> Dict[str, Any]:
-    """The reply for a finished review: paths as the client names them, ignored rules dropped
-    (the summary is recounted), and the Markdown report when ``fmt`` is "markdown"."""
+@dataclass
+class RuleOptions:
+    """Rule selection from the request (the panel's settings), on top of the project's config."""
+
+    select: List[str]
+    ignore: List[str]
+    severity: Dict[str, str]
+
+    def config(self, base: Any) -> Any:
+        """``base`` (a project Config, or None) with the request's severity overrides applied."""
+        from ..config import Config
+
+        cfg = copy.copy(base) if base is not None else Config()
+        cfg.severity = {**cfg.severity, **self.severity}
+        return cfg
+
+
+def finish_review(review: Any, os_path: Optional[str], api_path: str, fmt: str) -> Dict[str, Any]:
+    """The reply for a finished review: paths as the client names them, and the Markdown report
+    when ``fmt`` is "markdown"."""
     if os_path and os_path != api_path:
         for f in review.findings:
             if f.path == os_path:
@@ -80,9 +99,6 @@ def finish_review(review: Any, os_path: Optional[str], api_path: str, ignore: Li
                 doc.path = api_path
         review.observations = [s.replace(os_path, api_path) for s in review.observations]
         review.errors = [s.replace(os_path, api_path) for s in review.errors]
-    if ignore:
-        prefixes = tuple(code.upper() for code in ignore)
-        review.findings = [f for f in review.findings if not f.rule.upper().startswith(prefixes)]
     data = review.to_json()
     if fmt == "markdown":
         from ..render.markdown import render_markdown
@@ -117,16 +133,25 @@ class ReviewService:
         fmt = body.get("format", "json")
         if fmt not in FORMATS:
             raise BadRequest(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
-        finish = partial(finish_review, ignore=ignore, fmt=fmt)
+        select = body.get("select") or []
+        if not isinstance(select, list) or not all(isinstance(c, str) for c in select):
+            raise BadRequest(f"'select' must be a list of rule codes or prefixes (e.g. [\"TR1\"]); got {select!r}")
+        severity = body.get("severity") or {}
+        if not isinstance(severity, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v.lower() in SEVERITIES for k, v in severity.items()):
+            raise BadRequest(f"'severity' must map rule codes to one of {', '.join(SEVERITIES)}; got {severity!r}")
+        finish = partial(finish_review, fmt=fmt)
+        options = RuleOptions([c.upper() for c in select], [c.upper() for c in ignore],
+                              {k.upper(): v.lower() for k, v in severity.items()})
 
         from ..config import ConfigError
         from ..source import InputError
 
         try:
             if "cells" in body and body["cells"] is not None:
-                return await self._review_cells(body["cells"], body.get("path"), standard, language, finish)
+                return await self._review_cells(body["cells"], body.get("path"), standard, language, finish, options)
             if body.get("path") is not None:
-                return await self._review_file(body["path"], standard, finish)
+                return await self._review_file(body["path"], standard, finish, options)
         except (InputError, ConfigError) as exc:  # user errors: name files as the client sees them
             scrubbed = self._scrub(str(exc))
             if scrubbed == str(exc):
@@ -198,11 +223,12 @@ class ReviewService:
         if not getattr(self.cm, "allow_hidden", False) and is_hidden(os_path, os.path.abspath(self.cm.root_dir)):
             raise NotFound(f"{api_path!r} is hidden (or inside a hidden folder) and cannot be reviewed")
 
-    async def _review_file(self, path: Any, standard: Optional[str], finish: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:
+    async def _review_file(self, path: Any, standard: Optional[str], finish: Callable[..., Dict[str, Any]],
+                           options: "RuleOptions") -> Dict[str, Any]:
         api_path = check_api_path(path)
         os_path = self._os_path(api_path)
         if os_path is None:
-            return await self._review_via_contents(api_path, standard, finish)
+            return await self._review_via_contents(api_path, standard, finish, options)
         if not os.path.exists(os_path):
             raise NotFound(f"no such file under the server root: {api_path}")
         if os.path.isdir(os_path):
@@ -210,10 +236,10 @@ class ReviewService:
         self._check_visible(api_path, os_path)
         from ..engine import review_path
 
-        return await self._run(_review_file_sync, review_path, os_path, api_path, standard, finish)
+        return await self._run(_review_file_sync, review_path, os_path, api_path, standard, finish, options)
 
     async def _review_via_contents(
-        self, api_path: str, standard: Optional[str], finish: Callable[..., Dict[str, Any]]
+        self, api_path: str, standard: Optional[str], finish: Callable[..., Dict[str, Any]], options: "RuleOptions"
     ) -> Dict[str, Any]:
         """Non file-backed contents managers: fetch the content, review a temporary copy."""
         from jupyter_server.utils import ensure_async
@@ -240,10 +266,11 @@ class ReviewService:
             tmp_path = os.path.join(tmp, os.path.basename(api_path))
             with open(tmp_path, "w", encoding="utf-8") as fh:
                 fh.write(text)
-            return await self._run(_review_file_sync, review_path, tmp_path, api_path, standard, finish)
+            return await self._run(_review_file_sync, review_path, tmp_path, api_path, standard, finish, options)
 
     async def _review_cells(
-        self, cells: Any, path: Any, standard: Optional[str], language: Optional[str], finish: Callable[..., Dict[str, Any]]
+        self, cells: Any, path: Any, standard: Optional[str], language: Optional[str],
+        finish: Callable[..., Dict[str, Any]], options: "RuleOptions",
     ) -> Dict[str, Any]:
         if not isinstance(cells, list):
             raise BadRequest(
@@ -267,7 +294,8 @@ class ReviewService:
         from ..engine import review_cells
 
         def work() -> Dict[str, Any]:
-            review = review_cells(cells, api_path, standard=standard, language=language, config=config)
+            review = review_cells(cells, api_path, standard=standard, language=language,
+                                  config=options.config(config), select=options.select, ignore=options.ignore)
             return finish(review, None, api_path)
 
         return await self._run(work)
@@ -285,12 +313,14 @@ def _relabel_error(exc: BaseException, os_path: str, api_path: str) -> BaseExcep
 
 def _review_file_sync(
     review_path: Callable[..., Any], os_path: str, api_path: str, standard: Optional[str],
-    finish: Callable[..., Dict[str, Any]],
+    finish: Callable[..., Dict[str, Any]], options: "RuleOptions",
 ) -> Dict[str, Any]:
+    from ..config import find_config
     from ..source import InputError
 
     try:
-        review = review_path(os_path, standard=standard)
+        config = options.config(find_config(Path(os_path)))
+        review = review_path(os_path, standard=standard, config=config, select=options.select, ignore=options.ignore)
     except (InputError, FileNotFoundError) as exc:
         new = _relabel_error(exc, os_path, api_path)
         if new is exc:
