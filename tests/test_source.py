@@ -117,3 +117,13 @@ def test_suppression_line_cell_and_unknown_code():
     r = review_cells([code("import torch"), code(BUG.replace("4)", "4)  # torchreview: ignore[TR999]"))], "x.ipynb")
     assert [f.rule for f in r.findings] == ["TR401"]
     assert any("unknown rule code TR999" in e for e in r.errors)
+
+
+def test_helper_in_one_cell_called_in_a_loop_in_another_is_analysed_in_context():
+    helper = code("import torch\ndef grad_norm(model):\n    return sum(p.grad.norm() for p in model.parameters()).item()\n")
+    loop = code("norms = []\nfor step in range(100):\n    loss = model(x).sum()\n    loss.backward()\n"
+                "    norms.append(grad_norm(model))\n", cid="loop")
+    r = review_cells([helper, md("## train"), loop], "x.ipynb")
+    hits = [f for f in r.findings if f.rule == "TR406"]
+    assert [(f.cell, f.line, f.cell_id) for f in hits] == [(2, 5, "loop")]
+    assert "grad_norm" in hits[0].problem and ".item()" in hits[0].problem
