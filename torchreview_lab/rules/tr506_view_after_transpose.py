@@ -33,8 +33,8 @@ class ViewAfterTranspose(Rule):
 
     code = "TR506"
     title = ".view after transpose/permute without .contiguous()"
-    category = "performance-patterns"
-    severity = {"research": "medium", "production": "medium"}
+    category = "robustness"
+    severity = {"research": "high", "production": "high"}  # raises at run time for most shapes
     autofix = True
     VALID = [
         "def f(x, B, T):\n    return x.transpose(1, 2).contiguous().view(B, T, -1)\n",
