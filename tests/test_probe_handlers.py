@@ -207,3 +207,20 @@ async def test_probe_with_runtime_checks_maps_findings_to_cells(jp_fetch, kernel
         f = device[0]
         assert f["cell"] == 1 and f["path"] == "nb.ipynb" and f["cell_id"] == "defs"
         assert DEFS.splitlines()[f["line"] - 1].strip() == "mask = torch.zeros(4, T)"
+
+
+async def test_probe_result_has_the_verdict_and_budget_fraction_sets_the_budget(jp_fetch, kernel):
+    async with kernel as (kid, _client):
+        probe = await call(jp_fetch, "POST", "probes", body={
+            "kernel_id": kid, "function": "linear_harness", "sizes": [64, 128, 256], "target": 100_000,
+            "device": "cpu", "budget_fraction": 0.25, "time_budget": 30})
+        assert probe["spec"]["budget_fraction"] == 0.25 and "budget_bytes" not in probe["spec"]
+        done = await wait_done(jp_fetch, probe["id"])
+        assert done["state"] == "done", done
+        result = done["result"]
+        assert result["verdict"].startswith("O(T^1.00) memory:") and "T=100,000" in result["verdict"]
+        free = result["target"]["device_free_bytes"]
+        assert free and abs(result["budget_bytes"] - free * 0.25) < 0.1 * free  # a quarter of free memory
+        code, err = await call_error(jp_fetch, "POST", "probes", body={
+            "kernel_id": kid, "function": "linear_harness", "budget_fraction": 2})
+        assert code == 400 and "budget_fraction" in err["message"]

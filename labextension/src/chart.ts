@@ -120,8 +120,9 @@ function baseLayout(theme: IChartTheme, title: string, yTitle: string, ySuffix: 
     plot_bgcolor: theme.background,
     font: { family: theme.fontFamily, color: theme.font, size: 11 },
     margin: { l: 48, r: 10, t: 30, b: 34 },
-    xaxis: { ...axis, title: { ...axis.title, text: 'T', standoff: 4 } },
-    yaxis: { ...axis, ticksuffix: ySuffix, title: { ...axis.title, text: yTitle } },
+    // one tick per decade: 1000, 10k, 100k / 1MB, 10MB … / 10ms, 100ms, 1s …
+    xaxis: { ...axis, dtick: 1, title: { ...axis.title, text: 'T', standoff: 4 } },
+    yaxis: { ...axis, dtick: 1, ticksuffix: ySuffix, title: { ...axis.title, text: yTitle } },
     hoverlabel: { font: { family: theme.fontFamily, size: 11 } },
     showlegend: false,
     shapes: [] as unknown[],

@@ -38,6 +38,9 @@ class StackOfPerStepList(Rule):
     category = "memory-complexity"
     severity = {"research": "medium", "production": "medium"}
     VALID = [
+        "import torch\ndef f(x, K):\n    T = x.shape[1]\n    out = []\n    for t in range(T):\n        scores = []\n"
+        "        for k in range(min(K, t + 1)):\n            scores.append(x[:, t - k])\n"
+        "        out.append(torch.stack(scores).sum(0))\n    return out\n",
         "import torch\ndef f(x, K):\n    out = []\n    for k in range(K):\n        out.append(x[k])\n    return torch.stack(out)\n",
         "import torch\ndef f(xs):\n    return torch.cat([a for a in xs])\n",
     ]
@@ -56,6 +59,11 @@ class StackOfPerStepList(Rule):
         name = pos[0].value.value
         fn = enclosing_function(self, node)
         scope = fn.body if fn is not None else self.ctx.module
+        # loops that re-create the list on every iteration bound its length by the inner loops only
+        resetting = set()
+        for a in walk_own(scope, cst.Assign):
+            if any(isinstance(t.target, cst.Name) and t.target.value == name for t in a.targets):
+                resetting.update(id(x) for x in self.ancestors(a) if isinstance(x, cst.For))
         for c in walk_own(scope, cst.Call):
             f = c.func
             if not (isinstance(f, cst.Attribute) and f.attr.value == "append" and isinstance(f.value, cst.Name)
@@ -64,7 +72,7 @@ class StackOfPerStepList(Rule):
             for loop in self.ancestors(c):
                 if isinstance(loop, cst.FunctionDef):
                     break
-                if not isinstance(loop, cst.For):
+                if not isinstance(loop, cst.For) or id(loop) in resetting:
                     continue
                 args = range_args(loop)
                 if not args:

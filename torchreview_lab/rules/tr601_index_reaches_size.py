@@ -6,7 +6,20 @@ import libcst as cst
 
 from ..findings import Fix
 from ._flow import canonical_size, comment_and_doc_text, documented_shapes, upper_bounds
-from ._torch import assigned_values, enclosing_function, enclosing_loops, function_facts, loop_targets, names_in
+from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
+from ._torch import (
+    assigned_values,
+    dotted_name,
+    enclosing_class,
+    enclosing_function,
+    enclosing_loops,
+    function_facts,
+    loop_targets,
+    names_in,
+    torch_function,
+    walk,
+)
+from .tr101_materialized_loop_tensor import shape_dims
 from .base import Invalid, Rule
 
 
@@ -42,6 +55,10 @@ class IndexReachesSize(Rule):
     category = "algorithm-correctness"
     severity = {"research": "high", "production": "high"}
     VALID = [
+        "import torch\nclass CRF(torch.nn.Module):\n    def __init__(self, C, max_duration):\n"
+        "        super().__init__()\n        self.K = max_duration\n"
+        "        self.duration = torch.nn.Parameter(torch.randn(max_duration + 1, C))\n"
+        "    def forward(self, x):\n        return [x + self.duration[k] for k in range(1, self.K + 1)]\n",
         "def f(dur_table, K):\n    # dur_table: (K, C)\n    out = []\n    for k in range(K):\n        out.append(dur_table[k])\n    return out\n",
         "def f(dur_table, K):\n    # dur_table: (K, C)\n    out = []\n    for k in range(1, K + 1):\n        i = min(k, K - 1)\n        out.append(dur_table[i])\n    return out\n",
         "def f(x):\n    N = x.shape[0]\n    for i in range(N - 1):\n        x[i + 1] = x[i]\n    return x\n",
@@ -54,6 +71,11 @@ class IndexReachesSize(Rule):
         Invalid("def f(x):\n    B, T, C = x.shape\n    acc = x[:, 0]\n    for t in range(1, T + 1):\n        acc = acc + x[:, t]\n    return acc\n", line=5),
         Invalid("def f(x):\n    \"\"\"Scores.\n\n    Args:\n        x: (batch, T, C) emissions\n    \"\"\"\n    T = x.size(1)\n    for t in range(T):\n        d = x[:, t + 1] - x[:, t]\n    return d\n", line=9),
         Invalid("def f(seq):\n    for i in range(len(seq)):\n        print(seq[i + 1])\n", line=3),
+        Invalid("import torch\nclass CRF(torch.nn.Module):\n    def __init__(self, C, max_duration):\n"
+                "        super().__init__()\n        self.K = max_duration\n"
+                "        self.duration = torch.nn.Parameter(torch.randn(max_duration, C))\n"
+                "    def forward(self, x):\n        out = []\n        for k in range(1, self.K + 1):\n"
+                "            out.append(x + self.duration[k])\n        return out\n", line=10),
     ]
 
     def visit_Subscript(self, node: cst.Subscript) -> None:
@@ -103,12 +125,50 @@ class IndexReachesSize(Rule):
         reassigned = n_assign > 0
         if n_assign >= 2 or (is_param and n_assign):
             return set()  # x = F.pad(x, ...): sizes read before and after differ
-        out: Set[str] = {f"{arr_code}.shape[{dim}]"}
+        out: Set[str] = {f"{arr_code}.shape[{dim}]"} | self._attribute_sizes(arr, dim)
         if arr_code in docs and not reassigned:
             dims = docs[arr_code]
             if dim < len(dims) and dims[dim] != "?" and not dims[dim].isdigit():
                 out.add(canonical_size(self, fn, cst.Name(dims[dim])))
                 out.add(dims[dim])
+        return out
+
+    def _attribute_sizes(self, arr, dim: int) -> Set[str]:
+        """Sizes of ``self.table``'s dimension ``dim`` from the class that builds it, e.g.
+        ``self.duration = nn.Parameter(torch.randn(max_duration, C))`` gives ``max_duration`` and every
+        ``self.K = max_duration`` alias of it."""
+        if not (isinstance(arr, cst.Attribute) and isinstance(arr.value, cst.Name) and arr.value.value == "self"):
+            return set()
+        cls = enclosing_class(self, arr)
+        if cls is None:
+            return set()
+        key = ("self-assignments", id(cls))
+        if key not in self.ctx.cache:
+            assigns: Dict[str, List[cst.BaseExpression]] = {}
+            for a in walk(cls, cst.Assign):
+                for t in a.targets:
+                    tg = t.target
+                    if isinstance(tg, cst.Attribute) and isinstance(tg.value, cst.Name) and tg.value.value == "self":
+                        assigns.setdefault(tg.attr.value, []).append(a.value)
+            self.ctx.cache[key] = assigns
+        assigns = self.ctx.cache[key]
+        values = assigns.get(arr.attr.value, [])
+        if len(values) != 1:
+            return set()
+        v = values[0]
+        while isinstance(v, cst.Call) and (dotted_name(v.func) or "").split(".")[-1] == "Parameter" and v.args:
+            v = v.args[0].value
+        fname = torch_function(self, v) if isinstance(v, cst.Call) else None
+        dims = shape_dims(self, v, fname) if fname in SHAPE_FACTORIES or fname in SIZE_ARG_POSITION else None
+        if not dims or dim >= len(dims):
+            return set()
+        size = self.code_for(dims[dim]).replace(" ", "")
+        if size.isdigit():
+            return set()
+        out = {size}
+        for name, vals in assigns.items():
+            if len(vals) == 1 and self.code_for(vals[0]).replace(" ", "") == size:
+                out.add(f"self.{name}")
         return out
 
     def _doc_shapes(self, fn) -> Dict[str, List[str]]:
