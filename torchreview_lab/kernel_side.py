@@ -156,7 +156,9 @@ def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
             budget = int(free * float(spec["budget_fraction"])) if free else None
         kwargs = dict(sizes=spec.get("sizes") or [256, 512, 1024, 2048], target=spec.get("target"),
                       device=spec.get("device", "auto"), budget_bytes=budget,
-                      time_budget=spec.get("time_budget"), backward=bool(spec.get("backward", False)), name=name)
+                      time_budget=spec.get("time_budget"), backward=bool(spec.get("backward", False)), name=name,
+                      # interactive: a meta run that loops over T in Python is given up on quickly
+                      meta_time_limit=float(spec.get("meta_time_limit", 3.0)))
         if "on_point" in inspect.signature(scale).parameters:
             kwargs["on_point"] = on_point
         result = scale(harness, **kwargs)
