@@ -251,6 +251,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
           model.defaultStandard = settings.standard;
         }
         model.ignoredRules = settings.ignoredRules;
+        model.ruleOptions = {
+          select: ((s.get('selectedRules').composite as string[]) ?? []).filter(
+            c => typeof c === 'string' && c.length > 0
+          ),
+          severity: (s.get('severityOverrides').composite as { [code: string]: string }) ?? {}
+        };
         const num = (key: string, fallback: number) => {
           const v = Number(s.get(key).composite);
           return Number.isFinite(v) && v > 0 ? v : fallback;

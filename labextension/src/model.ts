@@ -48,6 +48,8 @@ export class ReviewModel {
   private _target: IReviewTarget | null = null;
   private _standard: Standard = 'research';
   private _ignored: string[] = [];
+  private _select: string[] = [];
+  private _severity: { [code: string]: string } = {};
   private _reviews = new Map<string, Review>();
   private _status: ReviewStatus = 'idle';
   private _error: string | null = null;
@@ -196,6 +198,12 @@ export class ReviewModel {
     this._changed.emit();
   }
 
+  /** Rule selection and severity overrides sent with every review (the engine applies them). */
+  set ruleOptions(options: { select: readonly string[]; severity: { [code: string]: string } }) {
+    this._select = [...options.select];
+    this._severity = { ...options.severity };
+  }
+
   set target(target: IReviewTarget | null) {
     if (target === this._target) {
       return;
@@ -245,7 +253,9 @@ export class ReviewModel {
       cells: target.cells(),
       language: target.language(),
       standard: this._standard,
-      ignore: this._ignored
+      ignore: this._ignored,
+      select: this._select,
+      severity: this._severity
     };
   }
 

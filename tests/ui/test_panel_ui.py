@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "notebooks" / "semimarkov_demo.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 BUG_TEXT = "edge = torch.zeros(batch, T, K, C, C)"  # no device=: the device-handling rule flags it
-SETTINGS = {"autoReviewOnSave": True, "ignoredRules": ["TR099"]}  # TR099: no such rule, just sent along
+SETTINGS = {"autoReviewOnSave": True, "ignoredRules": ["TR099"],  # TR099: no such rule, just sent along
+            "severityOverrides": {"TR201": "low"}}
 
 
 def _bug_location():
@@ -92,6 +93,8 @@ def test_panel_reviews_jumps_and_switches_standard(lab, page, ui):
     sent = json.loads(response.request.post_data)
     assert sent["standard"] == "research" and sent["path"] == DEMO.name
     assert sent["ignore"] == SETTINGS["ignoredRules"]  # settings are read
+    assert sent["severity"] == SETTINGS["severityOverrides"] and sent["select"] == []
+    assert {f["severity"] for f in response.json()["findings"] if f["rule"] == "TR201"} == {"low"}
     assert any(BUG_TEXT in c["source"] for c in sent["cells"]), sent["cells"]  # live editor content
     _review_done(page, "research")
     row = panel.locator(f'.jp-TorchReview-finding[data-cell="{cell}"][data-line="{line}"]').first
