@@ -34,3 +34,15 @@ def test_attention_training_script():
     assert ("TR208", 24) in got          # -inf fill then softmax: NaN on fully masked rows
     high = {(f.rule, f.line) for f in r.findings if f.severity in ("high", "critical")}
     assert high == {("TR506", 26), ("TR151", 44)}
+
+
+def test_cumsum_severity_follows_whether_prefix_sums_are_differenced():
+    from torchreview_lab.engine import review_source
+
+    across = ("import torch\n\n\ndef prefix(x):\n    cum = torch.cumsum(x, dim=1)\n"
+              "    return torch.cat([torch.zeros_like(cum[:, :1]), cum], dim=1)\n\n\n"
+              "def segment(cum, start, end):\n    return cum[:, end] - cum[:, start]\n")
+    running = "import torch\n\n\ndef running_total(x):\n    return torch.cumsum(x, dim=1)\n"
+    sev = lambda code: [(f.line, f.severity) for f in review_source(code).findings if f.rule == "TR201"]
+    assert sev(across) == [(5, "medium")]
+    assert sev(running) == [(5, "low")]

@@ -340,3 +340,13 @@ def is_constant(node: cst.BaseExpression) -> bool:
     return isinstance(node, (cst.Integer, cst.Float, cst.SimpleString, cst.ConcatenatedString,
                              cst.FormattedString, cst.Imaginary)) or (
         isinstance(node, cst.Name) and node.value in ("None", "True", "False"))
+
+
+def in_raise(rule, node: cst.CSTNode) -> bool:
+    """``node`` only runs while building an exception (``raise ValueError(f"... {t.item()}")``)."""
+    for a in rule.ancestors(node):
+        if isinstance(a, cst.Raise):
+            return True
+        if isinstance(a, (cst.FunctionDef, cst.SimpleStatementLine)):
+            return False
+    return False

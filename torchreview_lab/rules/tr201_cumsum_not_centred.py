@@ -8,6 +8,9 @@ from ..findings import Fix
 from ._knowledge import INTEGER_DTYPES, INTEGER_METHODS
 from ._torch import (
     assigned_values,
+    function_facts,
+    names_in,
+    walk_own,
     enclosing_function,
     is_method_call,
     kwarg,
@@ -20,6 +23,7 @@ from .base import Invalid, Rule
 
 _CENTRING = {"mean", "median", "nanmean"}
 _EXACT_SOURCES = {"ones", "ones_like", "arange", "zeros", "zeros_like", "full", "randint", "bincount"}
+_EXACT_METHODS = {"new_ones", "new_zeros", "new_full"}
 _INTEGERISH_NAMES = ("mask", "length", "lens", "idx", "index", "count", "offset", "ids", "position")
 
 
@@ -57,6 +61,7 @@ class CumsumNotCentred(Rule):
         "import torch\ndef f(mask):\n    return mask.long().cumsum(-1)\n",
         "import torch\ndef f(lengths):\n    return torch.cumsum(lengths, 0)\n",
         "import torch\ndef f(x):\n    return (x - x.mean(1, keepdim=True)).cumsum(1)\n",
+        "def offsets(x):\n    return x.shape[-1] + 1 - x.new_ones(x.shape[-1]).cumsum(-1)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef seg(x, s, e):\n    c = torch.cumsum(x, dim=1)\n    return c.gather(1, e) - c.gather(1, s)\n", line=3),
@@ -93,6 +98,8 @@ class CumsumNotCentred(Rule):
                     after=f"centred = {arg_code} - {arg_code}.mean(dim=<seq dim>, keepdim=True)\n"
                           f"torch.cumsum(centred, dim=<seq dim>)  # or dtype=torch.float64"),
             evidence={"differenced": differenced},
+            # the precision loss bites when prefix sums are differenced; a plain running sum is minor
+            severity=None if differenced else "low",
         )
 
     def _exact_dtype(self, call: cst.Call) -> bool:
@@ -125,7 +132,7 @@ class CumsumNotCentred(Rule):
                 return True
             if mc and mc[1] == "to" and any(self.code_for(a.value).replace(" ", "") in INTEGER_DTYPES for a in expr.args):
                 return True
-            if mc and mc[1] == "double":
+            if mc and (mc[1] == "double" or mc[1] in _EXACT_METHODS):
                 return True
             if torch_function(self, expr) in _EXACT_SOURCES:
                 return True
@@ -138,16 +145,43 @@ class CumsumNotCentred(Rule):
         return False
 
     def _differenced(self, node: cst.Call, fn) -> bool:
+        """The prefix sums are differenced: here (``c[..] - c[..]``), or they are returned and the
+        document subtracts two subscripts of one tensor (``cum[:, e] - cum[:, s]`` in a helper)."""
         parent = self.parent(node)
-        if not (isinstance(parent, cst.Assign) and len(parent.targets) == 1
-                and isinstance(parent.targets[0].target, cst.Name)):
-            return False
-        name = parent.targets[0].target.value
+        name = None
+        if isinstance(parent, cst.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0].target, cst.Name):
+            name = parent.targets[0].target.value
         scope = fn if fn is not None else self.ctx.module
-        for b in walk(scope, cst.BinaryOperation):
-            if isinstance(b.operator, cst.Subtract):
-                left = {n.value for n in walk(b.left, cst.Name)}
-                right = {n.value for n in walk(b.right, cst.Name)}
-                if name in left and name in right:
-                    return True
-        return False
+        if name is not None:
+            for b in walk(scope, cst.BinaryOperation):
+                if isinstance(b.operator, cst.Subtract):
+                    left = {n.value for n in walk(b.left, cst.Name)}
+                    right = {n.value for n in walk(b.right, cst.Name)}
+                    if name in left and name in right:
+                        return True
+        return fn is not None and self._returned(node, name, fn) and self._document_differences_prefixes()
+
+    def _returned(self, node: cst.Call, name, fn) -> bool:
+        if any(isinstance(a, cst.Return) for a in self.ancestors(node)):
+            return True
+        if name is None:
+            return False
+        flows = {name}
+        for _ in range(3):  # cum -> out = torch.cat([zero, cum]) -> return out
+            for var, values in function_facts(self, fn).assignments.items():
+                if any(names_in(v) & flows for v in values):
+                    flows.add(var)
+        return any(r.value is not None and names_in(r.value) & flows for r in walk_own(fn.body, cst.Return))
+
+    def _document_differences_prefixes(self) -> bool:
+        key = ("prefix-differences",)
+        if key not in self.ctx.cache:
+            found = False
+            for b in walk(self.ctx.module, cst.BinaryOperation):
+                if (isinstance(b.operator, cst.Subtract) and isinstance(b.left, cst.Subscript)
+                        and isinstance(b.right, cst.Subscript)
+                        and self.code_for(b.left.value) == self.code_for(b.right.value)):
+                    found = True
+                    break
+            self.ctx.cache[key] = found
+        return self.ctx.cache[key]

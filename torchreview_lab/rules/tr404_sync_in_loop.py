@@ -7,7 +7,7 @@ import libcst as cst
 from ..findings import Fix
 from ._context import graph_function
 from ._knowledge import STRICT_SYNC_METHODS, TENSOR_FACTORIES
-from ._torch import in_loop_body, is_method_call, kwarg, method_call, torch_function
+from ._torch import in_raise, in_loop_body, is_method_call, kwarg, method_call, torch_function
 from .base import Invalid, Rule
 
 _EXPLAIN = {
@@ -95,6 +95,8 @@ class SyncInLoop(Rule):
         meth = sync_method(self, node)
         if meth is None or not outer_of_chain(self, node) or not in_loop_body(self, node):
             return
+        if in_raise(self, node):
+            return  # only evaluated to build an error message
         if graph_function(self, node) is not None and meth in ("item", "tolist", "numpy", "nonzero"):
             return  # the TR5xx graph-break rules report these with the loop noted
         if self._fresh_cpu_tensor(node):

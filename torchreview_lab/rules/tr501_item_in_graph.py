@@ -4,7 +4,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._context import graph_function, graph_where
-from ._torch import in_loop_body, is_method_call
+from ._torch import in_raise, in_loop_body, is_method_call
 from .base import Invalid, Rule
 
 _METHODS = {"item": "a Python number", "tolist": "Python lists"}
@@ -40,6 +40,8 @@ class ItemInGraph(Rule):
     category = "performance-patterns"
     severity = {"research": "medium", "production": "medium"}
     VALID = [
+        "import torch\nclass M(torch.nn.Module):\n    def forward(self, t):\n        if t.min() < 0:\n"
+        "            raise ValueError(f\"targets must be >= 0, got {t.min().item()}\")\n        return t\n",
         "import torch.nn as nn\nclass M(nn.Module):\n    def forward(self, x):\n        h = self.lin(x)\n        return h / h.norm()\n",
         "import torch.nn as nn\nclass M(nn.Module):\n    def extra_repr(self):\n        return str(self.w.item())\n",
         "def report(x):\n    return x.item()\n",
@@ -57,6 +59,8 @@ class ItemInGraph(Rule):
         fn = graph_function(self, node)
         if fn is None:
             return
+        if in_raise(self, node):
+            return  # only evaluated to build an error message
         loop = " It runs inside a loop: one sync per iteration." if in_loop_body(self, node) else ""
         self.report(
             node,
