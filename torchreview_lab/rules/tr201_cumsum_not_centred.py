@@ -32,8 +32,9 @@ class CumsumNotCentred(Rule):
 
     What it does:
         Flags ``torch.cumsum(x, dim)`` / ``x.cumsum(dim)`` on floating-point values that were not
-        centred first (no ``x - x.mean(...)`` on the way in), in particular when prefix sums are
-        later differenced to get window sums.
+        centred first (no ``x - x.mean(...)`` on the way in). Medium when the prefix sums are
+        differenced to get window sums (in the same function, or returned to code that subtracts
+        two entries of them); Low for a running sum that is never differenced.
 
     Why is this bad:
         The running sum grows as O(T * mean). float32 keeps ~7 significant digits, so a
