@@ -159,6 +159,79 @@ function targetLines(runs: IRun[], theme: IChartTheme, layout: Layout, label: bo
   }
 }
 
+type IFit = NonNullable<NonNullable<IRun['probe']['result']>['memory_fit']>;
+
+/** What differs between the memory and the time series of one run. */
+interface ISeries {
+  value: (p: IPoint) => number;
+  fit: IFit | null | undefined;
+  atTarget: number | null | undefined;
+  fmt: (v: number) => string;
+  measuredName: string;
+  measuredHover: string;
+  markerSize: number;
+  fitName: (fit: IFit) => string;
+  fitHover: (fit: IFit) => string;
+  targetName: string;
+  targetSize: number;
+}
+
+/** One run's measured points, its fitted power law carried to the target, and the fit's value there. */
+function seriesTraces(run: IRun, theme: IChartTheme, s: ISeries): Data[] {
+  const pts = pointsOf(run);
+  const t = run.probe.result?.target;
+  const group = `run-${run.key}`;
+  const out: Data[] = [
+    {
+      type: 'scatter',
+      mode: 'markers',
+      name: s.measuredName,
+      legendgroup: group,
+      meta: { role: 'measured', function: run.function },
+      x: pts.map(p => p.size),
+      y: pts.map(s.value),
+      text: pts.map(p => s.fmt(s.value(p))),
+      marker: { size: s.markerSize, color: run.color, line: { width: 1, color: theme.background } },
+      hovertemplate: `<b>${run.function}</b><br>T=%{x:,}<br>%{text} ${s.measuredHover}<extra></extra>`
+    } as Data
+  ];
+  const fit = s.fit;
+  if (fit && pts.length) {
+    const lo = Math.min(...pts.map(p => p.size));
+    const hi = Math.max(t?.size ?? 0, ...pts.map(p => p.size));
+    const xs = geom(lo, hi);
+    const ys = xs.map(x => fit.coefficient * Math.pow(x, fit.exponent));
+    out.push({
+      type: 'scatter',
+      mode: 'lines',
+      name: s.fitName(fit),
+      legendgroup: group,
+      showlegend: false,
+      meta: { role: 'fit', function: run.function },
+      x: xs,
+      y: ys,
+      text: ys.map(y => s.fmt(y)),
+      line: { color: run.color, width: 2, dash: 'dash' },
+      hovertemplate: `<b>${run.function}</b> ${s.fitHover(fit)}<br>T=%{x:,.0f}<br>%{text}<extra></extra>`
+    } as Data);
+    if (t && s.atTarget !== null && s.atTarget !== undefined) {
+      out.push({
+        type: 'scatter',
+        mode: 'markers',
+        name: s.targetName,
+        legendgroup: group,
+        showlegend: false,
+        meta: { role: 'target-fit', function: run.function },
+        x: [t.size],
+        y: [s.atTarget],
+        marker: { symbol: 'star', size: s.targetSize, color: run.color, line: { width: 1, color: theme.background } },
+        hovertemplate: `<b>${run.function}</b> at the target<br>T=${fmtSize(t.size)}<br>${s.fmt(s.atTarget)} (fit)<extra></extra>`
+      } as Data);
+    }
+  }
+  return out;
+}
+
 /** Peak memory against T: every run, the device's memory, the probe budget, the target. */
 export function memoryFigure(runs: IRun[], theme: IChartTheme): IFigure {
   const layout = baseLayout(theme, 'Peak memory above baseline', 'peak memory', 'B');
@@ -169,58 +242,23 @@ export function memoryFigure(runs: IRun[], theme: IChartTheme): IFigure {
   }
   let metaLegend = false;
   for (const run of runs) {
-    const pts = pointsOf(run);
     const r = run.probe.result;
-    const group = `run-${run.key}`;
-    data.push({
-      type: 'scatter',
-      mode: 'markers',
-      name: legendName(run),
-      legendgroup: group,
-      meta: { role: 'measured', function: run.function },
-      x: pts.map(p => p.size),
-      y: pts.map(p => p.peak_bytes),
-      text: pts.map(p => fmtBytes(p.peak_bytes)),
-      marker: { size: 9, color: run.color, line: { width: 1, color: theme.background } },
-      hovertemplate: `<b>${run.function}</b><br>T=%{x:,}<br>%{text} (measured)<extra></extra>`
-    });
-    const mf = r?.memory_fit;
     const t = r?.target;
-    if (mf && pts.length) {
-      const lo = Math.min(...pts.map(p => p.size));
-      const hi = Math.max(t?.size ?? 0, ...pts.map(p => p.size));
-      const xs = geom(lo, hi);
-      const ys = xs.map(x => mf.coefficient * Math.pow(x, mf.exponent));
-      data.push({
-        type: 'scatter',
-        mode: 'lines',
-        name: `${run.function} fit ${bigO(mf.exponent)}`,
-        legendgroup: group,
-        showlegend: false,
-        meta: { role: 'fit', function: run.function },
-        x: xs,
-        y: ys,
-        text: ys.map(y => fmtBytes(y)),
-        line: { color: run.color, width: 2, dash: 'dash' },
-        hovertemplate:
-          `<b>${run.function}</b> fit ${bigO(mf.exponent)} (R² ${mf.r2.toFixed(3)})` +
-          '<br>T=%{x:,.0f}<br>%{text}<extra></extra>'
-      });
-    }
-    if (t && t.peak_bytes !== null && t.peak_bytes !== undefined) {
-      data.push({
-        type: 'scatter',
-        mode: 'markers',
-        name: `${run.function} fit at T`,
-        legendgroup: group,
-        showlegend: false,
-        meta: { role: 'target-fit', function: run.function },
-        x: [t.size],
-        y: [t.peak_bytes],
-        marker: { symbol: 'star', size: 14, color: run.color, line: { width: 1, color: theme.background } },
-        hovertemplate: `<b>${run.function}</b> at the target<br>T=${fmtSize(t.size)}<br>${fmtBytes(t.peak_bytes)} (fit)<extra></extra>`
-      });
-    }
+    data.push(
+      ...seriesTraces(run, theme, {
+        value: p => p.peak_bytes,
+        fit: r?.memory_fit,
+        atTarget: t?.peak_bytes,
+        fmt: fmtBytes,
+        measuredName: legendName(run),
+        measuredHover: '(measured)',
+        markerSize: 9,
+        fitName: fit => `${run.function} fit ${bigO(fit.exponent)}`,
+        fitHover: fit => `fit ${bigO(fit.exponent)} (R² ${fit.r2.toFixed(3)})`,
+        targetName: `${run.function} fit at T`,
+        targetSize: 14
+      })
+    );
     if (t && t.meta_peak_bytes !== null && t.meta_peak_bytes !== undefined) {
       data.push({
         type: 'scatter',
@@ -326,58 +364,22 @@ export function timeFigure(runs: IRun[], theme: IChartTheme): IFigure {
     (layout.xaxis as any).range = range;
   }
   for (const run of runs) {
-    const pts = pointsOf(run);
     const r = run.probe.result;
-    const group = `run-${run.key}`;
-    data.push({
-      type: 'scatter',
-      mode: 'markers',
-      name: run.function,
-      legendgroup: group,
-      meta: { role: 'measured', function: run.function },
-      x: pts.map(p => p.size),
-      y: pts.map(p => p.seconds),
-      text: pts.map(p => fmtSeconds(p.seconds)),
-      marker: { size: 8, color: run.color, line: { width: 1, color: theme.background } },
-      hovertemplate: `<b>${run.function}</b><br>T=%{x:,}<br>%{text} per call<extra></extra>`
-    });
-    const tf = r?.time_fit;
-    const t = r?.target;
-    if (tf && pts.length) {
-      const lo = Math.min(...pts.map(p => p.size));
-      const hi = Math.max(t?.size ?? 0, ...pts.map(p => p.size));
-      const xs = geom(lo, hi);
-      const ys = xs.map(x => tf.coefficient * Math.pow(x, tf.exponent));
-      data.push({
-        type: 'scatter',
-        mode: 'lines',
-        name: `${run.function} time fit`,
-        legendgroup: group,
-        showlegend: false,
-        meta: { role: 'fit', function: run.function },
-        x: xs,
-        y: ys,
-        text: ys.map(y => fmtSeconds(y)),
-        line: { color: run.color, width: 2, dash: 'dash' },
-        hovertemplate:
-          `<b>${run.function}</b> fit ${bigO(tf.exponent)}${tf.confidence ? ` (${tf.confidence} confidence)` : ''}` +
-          '<br>T=%{x:,.0f}<br>%{text}<extra></extra>'
-      });
-      if (t && t.seconds !== null && t.seconds !== undefined) {
-        data.push({
-          type: 'scatter',
-          mode: 'markers',
-          name: `${run.function} time at T`,
-          legendgroup: group,
-          showlegend: false,
-          meta: { role: 'target-fit', function: run.function },
-          x: [t.size],
-          y: [t.seconds],
-          marker: { symbol: 'star', size: 13, color: run.color, line: { width: 1, color: theme.background } },
-          hovertemplate: `<b>${run.function}</b> at the target<br>T=${fmtSize(t.size)}<br>${fmtSeconds(t.seconds)} (fit)<extra></extra>`
-        });
-      }
-    }
+    data.push(
+      ...seriesTraces(run, theme, {
+        value: p => p.seconds,
+        fit: r?.time_fit,
+        atTarget: r?.target?.seconds,
+        fmt: fmtSeconds,
+        measuredName: run.function,
+        measuredHover: 'per call',
+        markerSize: 8,
+        fitName: () => `${run.function} time fit`,
+        fitHover: fit => `fit ${bigO(fit.exponent)}${fit.confidence ? ` (${fit.confidence} confidence)` : ''}`,
+        targetName: `${run.function} time at T`,
+        targetSize: 13
+      })
+    );
   }
   targetLines(runs, theme, layout, false);
   return { data, layout };
