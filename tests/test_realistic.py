@@ -46,3 +46,13 @@ def test_cumsum_severity_follows_whether_prefix_sums_are_differenced():
     sev = lambda code: [(f.line, f.severity) for f in review_source(code).findings if f.rule == "TR201"]
     assert sev(across) == [(5, "medium")]
     assert sev(running) == [(5, "low")]
+
+
+def test_periodic_logging_sync_is_low_every_step_sync_is_medium():
+    from torchreview_lab.engine import review_source
+
+    code = ("def fit(model, opt, data):\n    for step, x in enumerate(data):\n        opt.zero_grad()\n"
+            "        loss = model(x).sum()\n        loss.backward()\n        opt.step()\n"
+            "        if step % 100 == 0:\n            print(loss.item())\n        last = loss.item()\n")
+    sev = {f.line: f.severity for f in review_source(code).findings if f.rule == "TR404"}
+    assert sev == {8: "low", 9: "medium"}

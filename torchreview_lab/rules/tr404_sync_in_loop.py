@@ -7,7 +7,7 @@ import libcst as cst
 from ..findings import Fix
 from ._context import graph_function
 from ._knowledge import STRICT_SYNC_METHODS, TENSOR_FACTORIES
-from ._torch import in_raise, in_loop_body, is_method_call, kwarg, method_call, torch_function
+from ._torch import in_loop_body, in_raise, is_method_call, kwarg, method_call, torch_function, walk
 from .base import Invalid, Rule
 
 _EXPLAIN = {
@@ -103,6 +103,7 @@ class SyncInLoop(Rule):
             return  # a tensor just created on the host: no device round trip
         if meth == "cpu" and self._loop_invariant_receiver(node):
             return  # TR403 reports the copy of a loop-invariant tensor
+        periodic = self._periodic(node)
         chain = chain_methods(self, node)
         calls = "".join(f".{c}()" for c in chain)
         why = "; ".join(_EXPLAIN[c] for c in dict.fromkeys(chain))
@@ -114,9 +115,19 @@ class SyncInLoop(Rule):
             fix=Fix(before=self.code_for(node),
                     after="# keep per-step values on the device (detach(), torch.stack/cat),\n"
                           "# convert once after the loop: torch.stack(vals).cpu().numpy()"),
-            severity="medium",
-            evidence={"chain": chain},
+            # under `if step % N == 0` (periodic logging) the sync happens every N steps only
+            severity="low" if periodic else "medium",
+            evidence={"chain": chain, "periodic": periodic},
         )
+
+    def _periodic(self, node: cst.Call) -> bool:
+        """Inside ``if <i> % <n> ...`` within the loop body."""
+        for a in self.ancestors(node):
+            if isinstance(a, (cst.For, cst.While, cst.FunctionDef)):
+                return False
+            if isinstance(a, cst.If) and any(isinstance(b.operator, cst.Modulo) for b in walk(a.test, cst.BinaryOperation)):
+                return True
+        return False
 
     def _fresh_cpu_tensor(self, node: cst.Call) -> bool:
         cur = node
