@@ -392,27 +392,48 @@ export const CHART_CONFIG: Config = {
   toImageButtonOptions: { format: 'png', filename: 'torchreview-scaling', scale: 2 }
 };
 
+// Plotly's react/resize/purge on one element must not interleave: a purge (the chart unmounting
+// when the user switches tab) that lands in the middle of an asynchronous redraw (a theme change)
+// makes plotly remove nodes that are already gone. Each element gets one queue of operations.
+const queues = new WeakMap<HTMLElement, Promise<void>>();
+
+function enqueue(el: HTMLElement, op: (Plotly: PlotlyModule) => unknown): Promise<void> {
+  const previous = queues.get(el) ?? Promise.resolve();
+  const next = previous
+    .then(async () => {
+      const Plotly = await loadPlotly();
+      await op(Plotly);
+    })
+    .catch(err => {
+      console.warn('torchreview: chart update failed', err);
+    });
+  queues.set(el, next);
+  return next;
+}
+
 /** Draw (or update in place) a figure into `el`. */
-export async function draw(el: HTMLElement, figure: IFigure): Promise<void> {
-  const Plotly = await loadPlotly();
-  if (!el.isConnected) {
-    return;
-  }
-  await Plotly.react(el, figure.data, figure.layout, CHART_CONFIG);
+export function draw(el: HTMLElement, figure: IFigure): Promise<void> {
+  return enqueue(el, Plotly => {
+    if (el.isConnected) {
+      return Plotly.react(el, figure.data, figure.layout, CHART_CONFIG);
+    }
+  });
 }
 
-export async function resize(el: HTMLElement): Promise<void> {
-  if (!plotly || !el.isConnected || !(el as any)._fullLayout) {
-    return;
-  }
-  const Plotly = await plotly;
-  Plotly.Plots.resize(el);
-}
-
-export async function purge(el: HTMLElement): Promise<void> {
+export function resize(el: HTMLElement): Promise<void> {
   if (!plotly) {
-    return;
+    return Promise.resolve();
   }
-  const Plotly = await plotly;
-  Plotly.purge(el);
+  return enqueue(el, Plotly => {
+    if (el.isConnected && (el as any)._fullLayout) {
+      Plotly.Plots.resize(el);
+    }
+  });
+}
+
+export function purge(el: HTMLElement): Promise<void> {
+  if (!plotly) {
+    return Promise.resolve();
+  }
+  return enqueue(el, Plotly => Plotly.purge(el));
 }
