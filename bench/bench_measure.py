@@ -64,17 +64,23 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
+def timed_call(fn, T, dev, now):
+    """Seconds of one synchronised run of the harness on the probe's clock."""
+    _sync(dev)
+    t0 = now()
+    out = call_harness(fn, T, dev)
+    _sync(dev)
+    elapsed = now() - t0
+    del out
+    return elapsed
+
+
 def overhead(fn, T, dev, reps):
     now = clock(dev)
     plain, tracked = [], []
     call_harness(fn, T, dev)  # warm-up
     for _ in range(reps):
-        _sync(dev)
-        t0 = now()
-        out = call_harness(fn, T, dev)
-        _sync(dev)
-        plain.append(now() - t0)
-        del out
+        plain.append(timed_call(fn, T, dev, now))
         t0 = now()
         with real_tracker(dev):
             out = call_harness(fn, T, dev)
@@ -91,14 +97,7 @@ def real_at(fn, T, dev, reps=5):
         _sync(dev)
     del out
     now = clock(dev)
-    times = []
-    for _ in range(reps):
-        _sync(dev)
-        t0 = now()
-        out = call_harness(fn, T, dev)
-        _sync(dev)
-        times.append(now() - t0)
-        del out
+    times = [timed_call(fn, T, dev, now) for _ in range(reps)]
     return tr.peak_bytes, statistics.median(times)
 
 

@@ -108,9 +108,11 @@ def list_functions(ns: Dict[str, Any]) -> None:
 
 
 def _frames(tb) -> List[Dict[str, Any]]:
+    from .measure._frames import _skipped  # one definition of "user code" for probes and checks
+
     frames = []
     for fs in traceback.extract_tb(tb):
-        if "torchreview_lab" in fs.filename or "/torch/" in fs.filename or "site-packages" in fs.filename:
+        if _skipped(fs.filename):
             continue
         frames.append({"filename": fs.filename, "line": fs.lineno, "name": fs.name, "text": fs.line,
                        "cell_source": _cell_source(fs.filename)})

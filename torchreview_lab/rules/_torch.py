@@ -350,3 +350,13 @@ def in_raise(rule, node: cst.CSTNode) -> bool:
         if isinstance(a, (cst.FunctionDef, cst.SimpleStatementLine)):
             return False
     return False
+
+
+def module_functions(rule) -> Dict[str, cst.FunctionDef]:
+    """The document's top-level functions by name (every notebook cell's, since cells form one
+    module), for rules that follow calls from one function into another."""
+    key = ("module-functions",)
+    if key not in rule.ctx.cache:
+        body = rule.ctx.module.body if rule.ctx.module is not None else []
+        rule.ctx.cache[key] = {s.name.value: s for s in body if isinstance(s, cst.FunctionDef)}
+    return rule.ctx.cache[key]

@@ -5,11 +5,9 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import in_loop_body, method_call, torch_function, walk
+from ._flow import in_no_grad
+from ._torch import in_loop_body, method_call, walk
 from .base import Invalid, Rule
-
-_NO_GRAD = {"no_grad", "inference_mode", "set_grad_enabled"}
-
 
 class EvalWithoutNoGrad(Rule):
     """Evaluation (``model.eval()``) runs the model in a loop without ``torch.no_grad()``.
@@ -53,8 +51,6 @@ class EvalWithoutNoGrad(Rule):
     ]
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        if any(self._is_no_grad(d.decorator) for d in node.decorators):
-            return
         eval_call: Optional[cst.Call] = None
         model: Optional[str] = None
         calls = list(walk(node.body, cst.Call))
@@ -63,16 +59,10 @@ class EvalWithoutNoGrad(Rule):
             if mc and mc[1] == "eval" and not c.args and isinstance(mc[0], (cst.Name, cst.Attribute)):
                 eval_call, model = c, self.code_for(mc[0])
                 break
-        if eval_call is None:
+        if eval_call is None or any(method_call(c) and method_call(c)[1] == "backward" for c in calls):
             return
-        for c in calls:
-            mc = method_call(c)
-            if mc and mc[1] == "backward":
-                return
-        for w in walk(node.body, cst.With):
-            if any(self._is_no_grad(i.item) for i in w.items):
-                return
-        if not any(self.code_for(c.func) == model and in_loop_body(self, c) for c in calls):
+        looped = [c for c in calls if self.code_for(c.func) == model and in_loop_body(self, c)]
+        if not looped or any(in_no_grad(self, c) for c in looped):
             return
         self.report(
             eval_call,
@@ -82,11 +72,3 @@ class EvalWithoutNoGrad(Rule):
                     "training-level memory and time, and kept outputs hold their graphs."),
             fix=Fix(before=f"{model}.eval()", after=f"{model}.eval()\nwith torch.inference_mode():\n    ..."),
         )
-
-    def _is_no_grad(self, expr: cst.BaseExpression) -> bool:
-        target = expr.func if isinstance(expr, cst.Call) else expr
-        if isinstance(target, (cst.Name, cst.Attribute)):
-            q = self.qnames(target)
-            return any(x in {f"torch.{n}" for n in _NO_GRAD} for x in q) or (
-                isinstance(expr, cst.Call) and torch_function(self, expr) in _NO_GRAD)
-        return False

@@ -5,7 +5,7 @@ from typing import Dict, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import in_loop_body, walk_own
+from ._torch import in_loop_body, module_functions, walk_own
 from .base import Invalid, Rule
 from .tr404_sync_in_loop import sync_method
 
@@ -53,9 +53,7 @@ class SyncViaHelperInLoop(Rule):
     ]
 
     def visit_Module(self, node: cst.Module) -> None:
-        self._functions: Dict[str, cst.FunctionDef] = {
-            s.name.value: s for s in node.body if isinstance(s, cst.FunctionDef)
-        }
+        self._functions = module_functions(self)
         self._memo: Dict[str, Optional[Tuple[str, str]]] = {}
 
     def _syncs(self, name: str, depth: int = 0) -> Optional[Tuple[str, str]]:

@@ -5,7 +5,7 @@ from typing import Dict, Optional, Set
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import method_call, walk, walk_own
+from ._torch import method_call, module_functions, walk, walk_own
 from .base import Invalid, Rule
 
 
@@ -71,9 +71,7 @@ class TrainModeNotRestored(Rule):
     ]
 
     def visit_Module(self, node: cst.Module) -> None:
-        self._functions: Dict[str, cst.FunctionDef] = {
-            s.name.value: s for s in node.body if isinstance(s, cst.FunctionDef)
-        }
+        self._functions = module_functions(self)
         self._memo: Dict[str, bool] = {}
 
     def _evaluates(self, scope: cst.CSTNode, seen: Optional[Set[str]] = None) -> bool:
