@@ -56,3 +56,29 @@ def test_formatting():
     assert fmt_size(34_712.4) == "34,700"
     assert fmt_size(512) == "512"
     assert math.isfinite(fit_power_law([1, 2], [1, 2]).r2)
+
+
+def test_offset_is_taken_out_before_the_fit_and_added_back():
+    # a linear cost on top of a fixed per-call overhead: a plain power law flattens the exponent
+    sizes = [256, 512, 1024, 2048]
+    overhead, per_t = 2e-3, 1e-6
+    times = [overhead + per_t * s for s in sizes]
+    plain = fit_power_law(sizes, times)
+    assert plain.exponent < 0.6
+    fit = fit_power_law(sizes, times, offset=overhead)
+    assert fit.exponent == pytest.approx(1.0, abs=1e-9)
+    assert fit.offset == overhead
+    assert fit.predict(16384) == pytest.approx(overhead + per_t * 16384, rel=1e-9)
+    assert fit.inverse(overhead + per_t * 50_000) == pytest.approx(50_000, rel=1e-6)
+    assert fit.inverse(overhead / 2) == 0.0  # below the overhead alone: no size fits
+
+
+def test_fit_json_round_trip_keeps_offset_and_reads_older_json():
+    from torchreview_lab.measure.fit import PowerLawFit
+
+    fit = fit_power_law([256, 512, 1024], [1.5, 2.0, 3.0], offset=1.0)
+    back = PowerLawFit.from_json(fit.to_json())
+    assert back == fit and back.offset == 1.0
+    old = {"exponent": 1.0, "coefficient": 2.0, "r2": 0.99}  # written before the offset existed
+    assert PowerLawFit.from_json(old).offset == 0.0
+    assert PowerLawFit.from_json(dict(old, future_key=1)).predict(10) == pytest.approx(20.0)

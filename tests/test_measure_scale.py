@@ -242,3 +242,57 @@ def test_largest_size_that_fits_is_anchored_at_the_meta_figure():
     limit = t.device_free_bytes
     exact = (limit / 4) ** 0.5  # 4 * T^2 bytes fill the free memory
     assert t.max_size_that_fits == pytest.approx(exact, rel=0.1)
+
+
+def test_per_call_overhead_does_not_flatten_the_time_exponent(monkeypatch):
+    """Timings = a fixed per-call overhead + linear work. The probe times a tiny size, takes that
+    overhead out before the fit and adds it back to predictions, so the law stays O(T) and the time
+    at 8x the largest size is right (a plain power law would say O(T^0.5) here)."""
+    from torchreview_lab.measure import probe
+
+    overhead, per_t = 5e-4, 1e-6  # 66% of the time at T=256 is overhead
+    timed = []
+
+    def fake_time(fn, size, device, backward, repeats, max_seconds):
+        timed.append(size)
+        return overhead + per_t * size
+
+    monkeypatch.setattr(probe, "_time", fake_time)
+    res = scale(scaling.linear, sizes=(256, 512, 1024, 2048), target=16384, device="cpu", meta=False)
+    assert 256 // probe.OVERHEAD_SIZE_RATIO in timed   # the tiny size was timed
+    tf = res.time_fit
+    assert tf.offset == pytest.approx(overhead, rel=0.01)  # the tiny size's own work taken out
+    assert tf.exponent == pytest.approx(1.0, abs=0.01)
+    assert res.target.seconds == pytest.approx(overhead + per_t * 16384, rel=0.01)
+    assert "per call" in str(res)
+    assert ScalingResult.from_json(json.loads(json.dumps(res.to_json()))).time_fit.offset == tf.offset
+
+
+def test_harness_that_needs_larger_sizes_gets_no_overhead_term():
+    def needs_64(T):
+        if T < 64:
+            raise ValueError("T must be at least 64")
+        return scaling.linear(T)
+
+    res = _scale(needs_64, sizes=(256, 512, 1024))
+    assert res.time_fit is not None and res.time_fit.offset == 0.0
+    assert not res.skipped and not any("raised" in w for w in res.warnings)
+
+
+def test_each_timed_cpu_run_starts_from_a_released_allocator(monkeypatch):
+    from torchreview_lab.measure import probe
+    from torchreview_lab.measure._allocator import release_free_memory
+
+    runs, releases = [], []
+    monkeypatch.setattr(probe, "release_free_memory", lambda: releases.append(len(runs)) or True)
+
+    def counted(T):
+        runs.append(T)
+        return scaling.linear(T)
+
+    probe._time(counted, 128, "cpu", False, repeats=3, max_seconds=1.0)
+    assert releases == list(range(len(runs)))  # one release before each run, none during
+    # the real call is safe: live tensors survive it, the allocator keeps working
+    x = torch.arange(1 << 20, dtype=torch.float32)
+    assert isinstance(release_free_memory(), bool)
+    assert x.sum().item() == float(sum(range(1 << 20)))

@@ -200,7 +200,7 @@ function seriesTraces(run: IRun, theme: IChartTheme, s: ISeries): Data[] {
     const lo = Math.min(...pts.map(p => p.size));
     const hi = Math.max(t?.size ?? 0, ...pts.map(p => p.size));
     const xs = geom(lo, hi);
-    const ys = xs.map(x => fit.coefficient * Math.pow(x, fit.exponent));
+    const ys = xs.map(x => (fit.offset ?? 0) + fit.coefficient * Math.pow(x, fit.exponent));
     out.push({
       type: 'scatter',
       mode: 'lines',

@@ -35,6 +35,8 @@ export interface IPowerLawFit {
   min_size?: number;
   max_size?: number;
   confidence?: string;
+  /** Constant term (time fits: per-call overhead in seconds); the law is offset + coefficient·T^exponent. */
+  offset?: number;
 }
 
 export interface ITarget {

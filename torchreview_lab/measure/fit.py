@@ -1,6 +1,8 @@
 """Power-law fits: pure functions on plain numbers (no torch).
 
-``y = coefficient * T ** exponent`` by least squares on ``log y = log c + e log T``.
+``y = offset + coefficient * T ** exponent``: ``offset`` is a known constant (the time a harness
+takes at a tiny size: Python and dispatch overheads that do not grow with T; zero for memory), and
+``coefficient`` and ``exponent`` come from least squares on ``log (y - offset) = log c + e log T``.
 """
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ class PowerLawFit:
     min_size: int = 0     # smallest T used
     max_size: int = 0     # largest T used
     confidence: str = "high"  # high | medium | low
+    offset: float = 0.0       # constant term added to the power law (time: per-call overhead)
 
     def predict(self, size: float) -> float:
-        return self.coefficient * float(size) ** self.exponent
+        return self.offset + self.coefficient * float(size) ** self.exponent
 
     def inverse(self, value: float) -> Optional[float]:
         """Largest T with ``predict(T) <= value``; None when unbounded (exponent ~ 0 and it fits)."""
         if self.coefficient <= 0:
             return None
+        value = value - self.offset
         if abs(self.exponent) < 0.05:
             return None if self.coefficient <= value else 0.0
         if value <= 0:
@@ -51,13 +55,19 @@ class PowerLawFit:
     def from_json(cls, data: Optional[Dict]) -> Optional["PowerLawFit"]:
         if data is None:
             return None
-        return cls(**data)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
-def fit_power_law(sizes: Sequence[float], values: Sequence[float], min_size: float = 0) -> Optional[PowerLawFit]:
-    """Least-squares fit of ``log value`` on ``log size`` over the points with ``size >= min_size``
-    and ``value > 0``. Returns None with fewer than two usable points or a single distinct size."""
-    pts = [(float(s), float(v)) for s, v in zip(sizes, values) if s >= min_size and s > 0 and v is not None and v > 0]
+def fit_power_law(sizes: Sequence[float], values: Sequence[float], min_size: float = 0,
+                  offset: float = 0.0) -> Optional[PowerLawFit]:
+    """Least-squares fit of ``log (value - offset)`` on ``log size`` over the points with
+    ``size >= min_size`` and ``value > offset``. Returns None with fewer than two usable points or a
+    single distinct size. ``offset`` must be below every value it is to be taken from (the caller
+    measures it: see :func:`torchreview_lab.measure.probe.scale`)."""
+    offset = max(0.0, float(offset or 0.0))
+    pts = [(float(s), float(v) - offset) for s, v in zip(sizes, values)
+           if s >= min_size and s > 0 and v is not None and v - offset > 0]
     if len(pts) < 2 or len({s for s, _ in pts}) < 2:
         return None
     xs = [math.log(s) for s, _ in pts]
@@ -78,7 +88,7 @@ def fit_power_law(sizes: Sequence[float], values: Sequence[float], min_size: flo
     if abs(slope) < 1e-6:
         slope = 0.0
     fit = PowerLawFit(exponent=slope, coefficient=math.exp(intercept), r2=r2, n=n,
-                      min_size=int(min(s for s, _ in pts)), max_size=int(max(s for s, _ in pts)))
+                      min_size=int(min(s for s, _ in pts)), max_size=int(max(s for s, _ in pts)), offset=offset)
     fit.confidence = confidence(fit)
     return fit
 

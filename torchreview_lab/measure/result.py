@@ -134,8 +134,9 @@ class ScalingResult:
                        f"R² {f.r2:.3f} over {f.n} sizes ({f.confidence} confidence)")
         if self.time_fit:
             f = self.time_fit
-            out.append(f"time:   {f.big_o():<12} exponent {f.exponent:.2f}, R² {f.r2:.3f} over T ≥ {f.min_size:,} "
-                       f"({f.confidence} confidence)")
+            overhead = f" + {fmt_seconds(f.offset)} per call" if f.offset else ""
+            out.append(f"time:   {f.big_o():<12} exponent {f.exponent:.2f}{overhead}, R² {f.r2:.3f} over "
+                       f"T ≥ {f.min_size:,} ({f.confidence} confidence)")
         t = self.target
         if t is not None:
             line = f"at T={t.size:,}: memory {fmt_bytes(t.peak_bytes)} (fit)"
