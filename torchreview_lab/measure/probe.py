@@ -38,6 +38,9 @@ def resolve_device(device: str = "auto") -> str:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto'; got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but torch.cuda.is_available() is False")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s) (cuda:0 ...)")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'auto'; got {device!r}")
     return str(dev)
@@ -244,10 +247,13 @@ def _call_overhead(fn: Callable, res: ScalingResult, dev: str, backward: bool, r
     if tiny >= smallest:
         return 0.0
     try:
+        _sync(dev)
         call_harness(fn, tiny, dev)  # warm-up: first calls at a new shape pay one-off costs
         secs = _time(fn, tiny, dev, backward, repeats, 0.5)
     except Exception:  # noqa: BLE001 - a harness that needs larger T simply gets no overhead term
-        _cleanup(dev)
+        secs = None
+    _cleanup(dev)
+    if secs is None:
         return 0.0
     use = [p for p in res.points if p.size >= TIME_FIT_MIN_SIZE]
     use = use if len(use) >= 2 else res.points

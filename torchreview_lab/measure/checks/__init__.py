@@ -119,10 +119,20 @@ def check(fn: Callable, size: Any = 64, *, checks: Optional[Iterable[str]] = Non
     return CheckResult(findings, ctx.notes, seconds, harness_name(fn))
 
 
+def _rng_devices(device: str) -> list:
+    """The CUDA devices whose random state a check must save and restore: the checked GPU only (no
+    CUDA context is started for checks on the CPU of a GPU machine)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
 def _run_checks(wanted, ctx, findings, seconds) -> None:
+    rng_devices = _rng_devices(ctx.device)
     for name in wanted:
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(0)
             try:
                 findings.extend(CHECKS[name](ctx))

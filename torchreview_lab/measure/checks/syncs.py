@@ -10,7 +10,7 @@ itself reports. On the CPU these calls cost little; the finding says what they w
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -37,6 +37,7 @@ class _State:
     def __init__(self) -> None:
         self.depth = 0
         self.events: List[Tuple[Any, str]] = []
+        self.warned: Optional[list] = None  # on a GPU: the warnings recorded while torch's sync debug mode warns
 
 
 class _Methods(TorchFunctionMode):
@@ -70,6 +71,7 @@ class _Ops(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        kind = None
         if self.state.depth == 0:
             packet = func.overloadpacket
             kind = self.value_ops.get(packet)
@@ -86,7 +88,23 @@ class _Ops(TorchDispatchMode):
                     kind = "device-to-host copy"
             if kind is not None:
                 self.state.events.append((user_site(), kind))
-        return func(*args, **kwargs)
+        warned = self.state.warned
+        if warned is None:
+            return func(*args, **kwargs)
+        n = len(warned)
+        out = func(*args, **kwargs)
+        # torch warns from C++, at the Python frame that called the kernel (torch's own): count the sync
+        # here, at the user's line, unless this call was counted above or by _Methods already
+        new = warned[n:]
+        if any(_is_sync_warning(w) for w in new):
+            warned[n:] = [w for w in new if not _is_sync_warning(w)]
+            if kind is None and self.state.depth == 0:
+                self.state.events.append((user_site(), "synchronizing CUDA call"))
+        return out
+
+
+def _is_sync_warning(w) -> bool:
+    return "synchroniz" in str(w.message).lower()
 
 
 def check_syncs(ctx: CheckContext) -> list:
@@ -99,16 +117,17 @@ def check_syncs(ctx: CheckContext) -> list:
         try:
             if on_cuda:
                 torch.cuda.set_sync_debug_mode("warn")
+                state.warned = caught
             with _Methods(state), _Ops(state):
                 out = ctx.run()
                 if on_cuda:
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(ctx.device)
         finally:
             if on_cuda:
                 torch.cuda.set_sync_debug_mode(prev_mode)
             del out
-    for w in caught:  # torch's own report on a real GPU
-        if "synchroniz" in str(w.message).lower():
+    for w in caught:  # torch's own report on a real GPU, of syncs outside any op
+        if _is_sync_warning(w):
             state.events.append(((w.filename, w.lineno, ""), "synchronizing CUDA call"))
     findings = []
     counts = counts_by_site([(s, k) for s, k in state.events if s is not None])
