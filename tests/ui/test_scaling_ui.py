@@ -5,7 +5,8 @@ in the TorchReview panel's Scaling tab measures ``harness_exact`` and ``harness_
 T = 256 … 2048 in that kernel. Checks the plotly chart (measured points, the fitted exponent in the
 legend, the device-memory line, two overlaid curves), the verdicts, the probe finding (TR020, "does
 not fit") in the findings list with its evidence, the measured evidence on the static memory
-finding, and that the chart follows the theme. Screenshots go to ``test-artifacts/``
+finding, and that the chart follows the theme. A second test starts the measurement from the static
+finding's "Measure scaling" (fresh page, same kernel). Screenshots go to ``test-artifacts/``
 (``TORCHREVIEW_UPDATE_SCREENSHOT=1`` also refreshes ``docs/screenshot-scaling.png``).
 """
 from __future__ import annotations
@@ -202,3 +203,57 @@ def test_scaling_tab_measures_and_overlays(lab, page, ui):
     assert not page.errors, page.errors
     total = time.monotonic() - t0
     print(f"\nharness_exact {exact_s:.1f} s, harness_streaming {streaming_s:.1f} s, test body {total:.1f} s")
+
+
+def test_measure_scaling_from_static_finding(lab, page, ui):
+    """The static memory finding (TR101 in edge_potentials) offers "Measure scaling": the panel picks
+    the harness that reaches it, switches to the Scaling tab with the run, and the finding shows
+    what was measured once the run is done."""
+    from playwright.sync_api import expect
+
+    ui.open_notebook(page, lab)
+    _run_all_cells(page)
+    panel = ui.open_panel(page)
+    panel.get_by_role("tab", name="Findings").click()
+    # After a review the panel lists the kernel's functions quietly: the finding offers a measurement.
+    with page.expect_response(lambda r: "/torchreview-lab/functions" in r.url) as listed:
+        with page.expect_response(lambda r: "/torchreview-lab/review" in r.url):
+            panel.get_by_role("button", name=re.compile(r"^Review( again)?$")).click()
+    assert listed.value.status == 200, listed.value.text()
+    static = panel.locator('.jp-TorchReview-finding[data-rule="TR101"]:not([data-dynamic])')
+    button = static.locator(".jp-TorchReview-measureButton")
+    expect(button).to_have_text("Measure scaling")
+    expect(static.locator(".jp-TorchReview-measured")).to_have_count(0)
+
+    with page.expect_response(lambda r: "/torchreview-lab/probes" in r.url and r.request.method == "POST") as info:
+        button.click()
+    assert info.value.status == 201, info.value.text()
+    sent = info.value.request.post_data_json
+    assert sent["function"] == "harness_exact" and sent["sizes"] == SETTINGS["probeSizes"], sent
+    assert sent["target"] == TARGET
+
+    # The Scaling tab opens on the run, which completes.
+    expect(panel.locator(".jp-TorchReview-body")).to_have_attribute("data-tab", "scaling")
+    expect(panel.locator("select.jp-TorchReview-function")).to_have_value("harness_exact")
+    run = panel.locator('.jp-TorchReview-run[data-function="harness_exact"]')
+    expect(run).to_have_attribute("data-state", "done", timeout=90_000)
+    expect(run.locator("tr.jp-TorchReview-point")).to_have_count(len(SETTINGS["probeSizes"]))
+    expect(run.locator(".jp-TorchReview-verdict")).to_contain_text("at T=400,000")
+    verdict = run.locator(".jp-TorchReview-verdict").inner_text()
+    expect(panel.locator(".jp-TorchReview-spinner")).to_have_count(0)
+
+    # Back on the Findings tab, the static finding carries the measurement as evidence.
+    panel.get_by_role("tab", name="Findings").click()
+    measured = static.locator(".jp-TorchReview-measured")
+    expect(measured).to_have_attribute("data-state", "done")
+    expect(measured).to_have_text(re.compile(r"^measured O\(T\^\d\.\d\d\) with harness_exact, .* at T=400,000 — "
+                                             r"(does not fit|fits) in "))
+    fits = "does not fit" not in measured.inner_text()
+    assert ("does not fit" in verdict) == (not fits), verdict
+    expect(button).to_have_text("Measure again")
+    expect(button).to_be_enabled()
+    # ... and the probe's own finding joins the list when the measurement says it does not fit.
+    if not fits:
+        expect(panel.locator('.jp-TorchReview-finding[data-rule="TR020"][data-dynamic="true"]')).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "ui-measure-finding.png"))
+    assert not page.errors, page.errors
