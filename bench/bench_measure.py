@@ -118,7 +118,7 @@ def main(argv=None):
     rows = []
     print(f"torch {torch.__version__} on {dev}; probe sizes {sizes}, extrapolated to T={far:,} (8x)")
     print(f"{'case':<10} {'T':>6} {'plain':>9} {'tracked':>9} {'ovh med':>7} {'ovh min':>7} | {'mem exp':>7} {'mem err':>8} "
-          f"{'meta err':>8} {'time exp':>8} {'time err':>8} {'probe s':>7}")
+          f"{'meta err':>8} {'time exp':>8} {'time err':>8} {'probe s':>7}   (time err signed: + over, - under)")
     for name, fn in CASES.items():
         with single_thread(dev):
             p, t, pmin, tmin = overhead(fn, 2048, dev, args.reps)
@@ -144,7 +144,7 @@ def main(argv=None):
         meta_err = f"{row['meta_error']:.1%}" if row["meta_error"] is not None else "-"
         print(f"{name:<10} {2048:>6} {p * 1e3:>7.2f}ms {t * 1e3:>7.2f}ms {t / p:>6.2f}x {tmin / pmin:>6.2f}x | "
               f"{row['memory_exponent']:>7.2f} {row['memory_error']:>8.1%} {meta_err:>8} "
-              f"{row['time_exponent']:>8.2f} {row['time_error']:>8.1%} {probe_s:>7.2f}")
+              f"{row['time_exponent']:>8.2f} {(pred_t - real_t) / real_t:>+8.1%} {probe_s:>7.2f}")
     worst_o = max(r["overhead"] for r in rows)
     worst_min = max(r["overhead_min"] for r in rows)
     worst_m = max(r["memory_error"] for r in rows)

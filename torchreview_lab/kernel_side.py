@@ -161,8 +161,11 @@ def run_probe(ns: Dict[str, Any], spec_json: str) -> None:
                       time_budget=spec.get("time_budget"), backward=bool(spec.get("backward", False)), name=name,
                       # interactive: a meta run that loops over T in Python is given up on quickly
                       meta_time_limit=float(spec.get("meta_time_limit", 3.0)))
-        if "on_point" in inspect.signature(scale).parameters:
+        params = inspect.signature(scale).parameters
+        if "on_point" in params:
             kwargs["on_point"] = on_point
+        if "progress" in params:  # silent: the panel shows the points, not a widget in the user's cell
+            kwargs["progress"] = False
         result = scale(harness, **kwargs)
         data = result.to_json()
         data["harness_error"] = raised or None

@@ -134,7 +134,7 @@ def run_scale(args: argparse.Namespace) -> int:
         res = scale(fn, sizes=sizes, target=args.target, device=args.device, budget_bytes=args.budget_bytes,
                     time_budget=args.time_budget, backward=getattr(args, "backward", False),
                     repeats=getattr(args, "repeats", 5), meta=not getattr(args, "no_meta", False),
-                    name=f"{path}:{name}")
+                    name=f"{path}:{name}", progress=False)  # the CLI prints its result, never a widget
     except ValueError as e:  # bad device and the like
         return _err(str(e))
     finally:

@@ -28,9 +28,15 @@ class CompareCase:
     seed: int
     ok: bool
     what: str = ""                  # "outputs", "gradient of input 0", "error", ...
-    max_abs_diff: Optional[float] = None
+    max_abs_diff: Optional[float] = None   # outputs: the worst over the output tensors compared
     max_rel_diff: Optional[float] = None
     error: Optional[str] = None
+    grad_abs_diff: Optional[float] = None  # input gradients: the worst over those compared (None: none)
+    grad_rel_diff: Optional[float] = None
+
+    def diff(self) -> Optional[float]:
+        """The max |diff| of what this case is about (the failing gradient, else the outputs)."""
+        return self.grad_abs_diff if self.what.startswith("gradient") else self.max_abs_diff
 
 
 @dataclass
@@ -39,6 +45,8 @@ class CompareResult:
     fn_b: str
     cases: List[CompareCase] = field(default_factory=list)
     location: Optional[Dict[str, Any]] = None
+    rtol: Optional[float] = None  # outputs; gradients are compared at 10x these
+    atol: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -53,11 +61,12 @@ class CompareResult:
 
     def to_json(self) -> Dict[str, Any]:
         return {"fn_a": self.fn_a, "fn_b": self.fn_b, "ok": self.ok, "cases": [asdict(c) for c in self.cases],
-                "location": self.location}
+                "location": self.location, "rtol": self.rtol, "atol": self.atol}
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "CompareResult":
-        return cls(data["fn_a"], data["fn_b"], [CompareCase(**c) for c in data.get("cases", [])], data.get("location"))
+        return cls(data["fn_a"], data["fn_b"], [CompareCase(**c) for c in data.get("cases", [])], data.get("location"),
+                   data.get("rtol"), data.get("atol"))
 
     def findings(self) -> list:
         if self.ok:
@@ -68,7 +77,7 @@ class CompareResult:
         return [make_finding(
             "TR017", f"{self.fn_b} disagrees with {self.fn_a} ({len(bad)} of {len(self.cases)} cases)", site,
             problem=f"first disagreement at size {first.size!r} (seed {first.seed}) in {first.what}"
-                    + (f": max |diff| {first.max_abs_diff:.3g}" if first.max_abs_diff is not None else "")
+                    + (f": max |diff| {first.diff():.3g}" if first.diff() is not None else "")
                     + (f": {first.error}" if first.error else ""),
             impact="one of the implementations computes something else: wrong results or wrong gradients",
             fix=Fix(before="# the faster rewrite", after="# match the reference at the failing size, then re-run compare()"),
@@ -80,12 +89,36 @@ class CompareResult:
         lines = [head]
         for c in self.cases:
             if not c.ok:
-                diff = f" max|diff| {c.max_abs_diff:.3g}" if c.max_abs_diff is not None else ""
+                diff = f" max|diff| {c.diff():.3g}" if c.diff() is not None else ""
                 lines.append(f"  size {c.size!r} seed {c.seed}: {c.what}{diff}{' ' + c.error if c.error else ''}")
         return "\n".join(lines)
 
     def _repr_pretty_(self, p, cycle) -> None:
         p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """A table of the cases: size, seed, max abs/rel error of the outputs and of the input
+        gradients, pass/fail (with what failed and why). All text is escaped."""
+        from ._html import FAIL_COLOR, MUTED, PASS_COLOR, box, esc, marked, num, table, td
+
+        n, bad = len(self.cases), len(self.failures)
+        verdict = f"agree on all {n} case{'s' if n != 1 else ''}" if self.ok else f"{bad} of {n} cases disagree"
+        head = (f"<b>compare <code>{esc(self.fn_a)}</code> (reference) vs <code>{esc(self.fn_b)}</code></b>: "
+                f"<span style='color:{PASS_COLOR if self.ok else FAIL_COLOR};font-weight:600'>{esc(verdict)}</span>")
+        if self.rtol is not None and self.atol is not None:
+            head += (f" <span style='{MUTED}'>· rtol {num(self.rtol)}, atol {num(self.atol)} "
+                     "(gradients: 10x)</span>")
+        rows = []
+        for c in self.cases:
+            size = ", ".join(f"{k}={v}" for k, v in c.size.items()) if isinstance(c.size, dict) else str(c.size)
+            detail = esc(c.what) + (f"<div style='{MUTED}'>{esc(c.error)}</div>" if c.error else "")
+            rows.append("<tr>" + td(f"<code>{esc(size)}</code>") + td(esc(c.seed))
+                        + "".join(td(esc(num(x)), "font-variant-numeric:tabular-nums")
+                                  for x in (c.max_abs_diff, c.max_rel_diff, c.grad_abs_diff, c.grad_rel_diff))
+                        + marked("pass" if c.ok else "fail", PASS_COLOR if c.ok else FAIL_COLOR) + td(detail) + "</tr>")
+        body = table(["size", "seed", "outputs: max abs", "max rel", "gradients: max abs", "max rel", "result",
+                      "compared"], rows) if rows else f"<div style='{MUTED}'>no cases</div>"
+        return box(f"<div style='margin:2px 0 4px'>{head}</div>{body}")
 
 
 def _call_make(make_inputs: Callable, size: Any):
@@ -134,7 +167,8 @@ def compare(fn_a: Callable, fn_b: Callable, make_inputs: Callable, sizes: Sequen
             seeds: Sequence[int] = (0, 1), rtol: float = 1e-4, atol: float = 1e-5,
             grads: bool = True) -> CompareResult:
     """Check that ``fn_b`` agrees with ``fn_a`` (the reference) on outputs and input gradients."""
-    res = CompareResult(getattr(fn_a, "__qualname__", repr(fn_a)), getattr(fn_b, "__qualname__", repr(fn_b)))
+    res = CompareResult(getattr(fn_a, "__qualname__", repr(fn_a)), getattr(fn_b, "__qualname__", repr(fn_b)),
+                        rtol=rtol, atol=atol)
     site = def_site(fn_b)
     res.location = {"path": site[0], "line": site[1]} if site else None
     for size in sizes:
@@ -170,6 +204,7 @@ def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase
             return CompareCase(size, seed, False, f"output {i}" + (f" ({why})" if why else ""), mx, rel)
         if mx is not None:
             worst = (max(worst[0], mx), max(worst[1], rel))
+    gworst = None
     if grads:
         pairs = [(a, b) for a, b in zip(flat_a, flat_b) if a.grad_fn is not None and b.grad_fn is not None]
         leaves_a = [t for t in tree_flatten((ins_a, kw_a))[0] if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -189,5 +224,10 @@ def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase
                 y = torch.zeros_like(leaves_b[i]) if y is None else y
                 ok, why, mx, rel = _close(x, y, rtol * 10, atol * 10)
                 if not ok:
-                    return CompareCase(size, seed, False, f"gradient of input {i}" + (f" ({why})" if why else ""), mx, rel)
-    return CompareCase(size, seed, True, "outputs and gradients", worst[0], worst[1])
+                    return CompareCase(size, seed, False, f"gradient of input {i}" + (f" ({why})" if why else ""),
+                                       worst[0], worst[1], grad_abs_diff=mx, grad_rel_diff=rel)
+                if mx is not None:
+                    gworst = (mx, rel) if gworst is None else (max(gworst[0], mx), max(gworst[1], rel))
+    return CompareCase(size, seed, True, "outputs and gradients" if gworst is not None else "outputs",
+                       worst[0], worst[1], grad_abs_diff=gworst[0] if gworst else None,
+                       grad_rel_diff=gworst[1] if gworst else None)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
 from ._format import fmt_bytes, fmt_seconds
 from ._allocator import release_free_memory
 from ._harness import call_harness, frozen_heap, harness_name, run_backward, single_thread
+from .progress import probe_progress
 from .fit import R2_POOR, PowerLawFit, fit_power_law
 from .meta import meta_run
 from .result import Point, ScalingResult, TargetPrediction
@@ -123,15 +124,18 @@ def _time(fn: Callable, size: int, device: str, backward: bool, repeats: int, ma
 def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[int] = None,
           device: str = "auto", budget_bytes: Optional[int] = None, time_budget: Optional[float] = None,
           *, backward: bool = False, repeats: int = 5, meta: bool = True, meta_time_limit: float = 10.0,
-          name: Optional[str] = None, on_point: Optional[Callable[[Point], None]] = None) -> ScalingResult:
+          name: Optional[str] = None, on_point: Optional[Callable[[Point], None]] = None,
+          progress: Union[bool, str] = "auto") -> ScalingResult:
     """Measure peak memory and time of ``fn(T)`` at each size, fit power laws, predict at ``target``.
 
     ``fn`` is a harness: ``fn(T)`` or ``fn(T, device=...)`` builds inputs of size T and runs the
     computation (``backward=True`` also runs backward through a returned loss). ``budget_bytes``
     (default: half of the device's free memory) bounds each real run; ``time_budget`` (seconds)
     bounds the whole grid. ``on_point(point)`` is called after each size is measured (streaming to a
-    panel); its errors become warnings. Never raises for the harness's own errors: they are reported
-    in ``skipped``/``warnings``.
+    panel); its errors become warnings. ``progress`` (``"auto"``: inside a Jupyter kernel only;
+    ``True``/``False``) shows a live progress bar with a line per size (``progress.py``), removed when
+    the probe ends. Never raises for the harness's own errors: they are reported in
+    ``skipped``/``warnings``.
     """
     dev = resolve_device(device)
     mem = device_memory(dev)
@@ -140,6 +144,8 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
     res = ScalingResult(function=name or harness_name(fn), device=dev, budget_bytes=budget_bytes,
                         location=harness_location(fn))
     sizes = sorted({int(s) for s in sizes if int(s) > 0})
+    view = probe_progress(progress, res, sizes, target)  # notebook progress; a no-op when off
+    fn, on_point = view.wrap(fn), view.chain(on_point)
     t_start = time.perf_counter()
     per_size_time = None if time_budget is None else max(0.05, float(time_budget) / max(1, 2 * len(sizes)))
     stop: Optional[str] = None
@@ -203,6 +209,7 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
     if target is not None:
         with frozen_heap():
             _predict_target(fn, res, int(target), dev, mem, backward, meta, meta_time_limit, t_start, time_budget)
+    view.close()
     return res
 
 

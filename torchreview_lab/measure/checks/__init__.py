@@ -85,20 +85,41 @@ class CheckResult(list):
         p.text(str(self) if not cycle else "CheckResult(...)")
 
     def _repr_html_(self) -> str:
-        import html
+        """A table of the findings (severity, code, title and message, the user's file:line, evidence),
+        the notes (checks skipped or stopped) and the seconds per check. All text is escaped."""
+        from .._html import MUTED, SEVERITY_COLORS, box, esc, evidence_summary, marked, table, td
 
-        colors = {"critical": "#b71c1c", "high": "#e65100", "medium": "#f9a825", "low": "#607d8b"}
-        rows = []
+        counts = {}
         for f in self:
-            rows.append(
-                f"<tr><td style='color:{colors[f.severity]};font-weight:bold'>{f.severity}</td>"
-                f"<td><code>{f.rule}</code></td><td>{html.escape(f.title)}<br><small>{html.escape(f.problem)}"
-                f"</small></td><td><code>{html.escape(f.location())}</code></td></tr>")
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        return (f"<div><b>{html.escape(str(len(self)))} runtime finding(s)</b>"
-                f"<table><tr><th>severity</th><th>rule</th><th>finding</th><th>where</th></tr>{''.join(rows)}"
-                f"</table>{'<ul>' + notes + '</ul>' if notes else ''}</div>")
-
+            counts[f.severity] = counts.get(f.severity, 0) + 1
+        what = (f"{len(self)} finding{'s' if len(self) != 1 else ''} ("
+                + ", ".join(f"{n} {sev}" for sev, n in counts.items()) + ")") if self else "no findings"
+        head = (f"<b>Runtime checks{' of <code>' + esc(self.function) + '</code>' if self.function else ''}</b>: "
+                f"{esc(what)}")
+        if self.seconds:
+            head += f" <span style='{MUTED}'>· {len(self.seconds)} checks in {sum(self.seconds.values()):.2f} s</span>"
+        parts = [f"<div style='margin:2px 0 4px'>{head}</div>"]
+        if self:
+            rows = []
+            for f in self:
+                msg = f"<div>{esc(f.title)}</div>"
+                if f.problem:
+                    msg += f"<div style='{MUTED}'>{esc(f.problem)}</div>"
+                if f.fix is not None:
+                    msg += (f"<div style='{MUTED}'>fix: <code>{esc(f.fix.before)}</code> → "
+                            f"<code>{esc(f.fix.after)}</code></div>")
+                rows.append("<tr>" + marked(f.severity, SEVERITY_COLORS.get(f.severity, "#78909c"))
+                            + td(f"<code>{esc(f.rule)}</code>") + td(msg)
+                            + td(f"<code>{esc(f.location())}</code>")
+                            + td(f"<span style='{MUTED}'>{esc(evidence_summary(f.evidence))}</span>") + "</tr>")
+            parts.append(table(["severity", "code", "finding", "where", "evidence"], rows))
+        if self.notes:
+            parts.append(f"<div style='margin-top:4px'>notes:</div><ul style='margin:2px 0'>"
+                         + "".join(f"<li>{esc(n)}</li>" for n in self.notes) + "</ul>")
+        if self.seconds:
+            parts.append(f"<div style='{MUTED}'>seconds: "
+                         + " · ".join(f"{esc(k)} {v:.2f}" for k, v in self.seconds.items()) + "</div>")
+        return box("".join(parts))
 
 def check(fn: Callable, size: Any = 64, *, checks: Optional[Iterable[str]] = None,
           make_inputs: Optional[Callable] = None, device: str = "auto") -> CheckResult:
