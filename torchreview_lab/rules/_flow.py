@@ -123,6 +123,348 @@ def graph_reason(rule, fn, scope, expr: cst.BaseExpression, depth: int = 0) -> O
     return None
 
 
+# -- accumulation across loop iterations (TR151, TR155) ----------------------------------------
+def training_step_in(rule, loop, consumers: bool = False) -> bool:
+    """The loop body runs a training step: ``.backward()`` (``autograd.backward`` included) or
+    ``optimizer.step()``/``scaler.step()``; with ``consumers``, also ``torch.autograd.grad`` (which
+    frees the graph it differentiates, as an adversarial evaluation does)."""
+    for c in walk_own(loop.body, cst.Call):
+        f = c.func
+        if isinstance(f, cst.Attribute) and (f.attr.value == "backward" or f.attr.value == "step" and any(
+                h in rule.code_for(f.value).lower() for h in ("opt", "scaler", "solver"))):
+            return True
+        if consumers and torch_function(rule, c) in ("autograd.grad", "autograd.backward"):
+            return True
+    return False
+
+
+def accumulations(node):
+    """``(accumulator, value, rebuild)`` for ``acc.append(value)``, ``acc += value`` and
+    ``acc = acc + value``; ``rebuild(new_value)`` is the statement with ``value`` replaced."""
+    if isinstance(node, cst.Call):
+        if isinstance(node.func, cst.Attribute) and node.func.attr.value == "append" and len(node.args) == 1 \
+                and node.args[0].keyword is None and not node.args[0].star:
+            yield node.func.value, node.args[0].value, \
+                lambda new: node.with_changes(args=[node.args[0].with_changes(value=new)])
+    elif isinstance(node, cst.AugAssign):
+        if isinstance(node.operator, cst.AddAssign):
+            yield node.target, node.value, lambda new: node.with_changes(value=new)
+    elif isinstance(node, cst.Assign):
+        if len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
+            return
+        v = node.value
+        if isinstance(v, cst.BinaryOperation) and isinstance(v.operator, cst.Add) and isinstance(v.left, cst.Name) \
+                and v.left.value == node.targets[0].target.value:
+            yield v.left, v.right, lambda new: node.with_changes(value=v.with_changes(right=new))
+
+
+GRAD_SWITCHES = frozenset({"set_grad_enabled", "autograd.set_grad_enabled", "autograd.grad_mode.set_grad_enabled"})
+
+
+def grad_disabled_before(rule, scope, line: int) -> bool:
+    """``torch.set_grad_enabled(False)`` as a statement in ``scope`` before ``line`` (a notebook's
+    global switch)."""
+    for c in walk_own(scope, cst.Call):
+        if torch_function(rule, c) in GRAD_SWITCHES \
+                and c.args and isinstance(c.args[0].value, cst.Name) and c.args[0].value.value == "False" \
+                and isinstance(rule.parent(c), cst.Expr) and rule.line_of(c) < line:
+            return True
+    return False
+
+
+# Callee names (last dotted part, lower-case) that run a network, and methods of a network that run it.
+MODEL_HINTS = ("model", "net", "encoder", "decoder", "module", "policy", "critic", "classifier", "backbone")
+MODEL_FACTORY_PREFIXES = ("get_", "build_", "load_", "make_", "create_", "init_", "setup_", "register_", "add_",
+                          "wrap_", "find_", "is_", "has_", "set_", "prepare_", "convert_", "replace_", "named_")
+MODEL_METHODS = frozenset({"forward", "encode", "decode", "loss", "compute_loss", "log_prob", "elbo"})
+LOSS_HINTS = ("loss", "criterion")
+LOSS_REDUCTIONS = frozenset({"sum", "mean", "norm", "logsumexp", "prod", "std", "var", "nansum", "nanmean"})
+LOSS_FUNCTIONS = frozenset({"cross_entropy", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits"})
+# Ops whose output has no autograd history (integer/boolean results, shapes).
+NON_DIFFERENTIABLE = frozenset({"argmax", "argmin", "eq", "ne", "lt", "gt", "le", "ge", "long", "int", "bool",
+                                "isnan", "isinf", "isfinite", "nonzero", "count_nonzero", "numel", "size", "dim",
+                                "argsort", "bincount", "sign"})
+TRANSPARENT_BUILTINS = frozenset({"sum", "min", "max", "abs"})
+
+
+def _model_hinted(name: str) -> bool:
+    """``model``, ``self.net``, ``text_encoder``, ``resnet``, ``model_ema``, ``net_g`` name a network
+    instance; ``ModuleInput`` (a class), ``build_model``, ``python_module_id`` do not."""
+    last = name.split(".")[-1]
+    if name == "self":
+        return True
+    if not last or last[0].isupper() or last.lower().startswith(MODEL_FACTORY_PREFIXES):
+        return False
+    low = last.lower().strip("_")
+    return any(low == h or low.endswith(h) or low.startswith(h + "_") or re.fullmatch(rf"{h}\d+", low)
+               for h in MODEL_HINTS)
+
+
+def _model_of(rule, call: cst.Call, models) -> Optional[str]:
+    """The network a call runs (its code, e.g. ``"self.model"``), or None."""
+    if torch_function(rule, call) is not None:
+        return None
+    code = rule.code_for(call.func)
+    name = dotted_name(call.func)
+    if code in models or (name and _model_hinted(name)):
+        return code
+    mc = method_call(call)
+    if mc and mc[1] in MODEL_METHODS:
+        recv = rule.code_for(mc[0])
+        if recv in models or (dotted_name(mc[0]) and _model_hinted(dotted_name(mc[0]))):
+            return recv
+    if name and any(h in name.split(".")[-1].lower() for h in LOSS_HINTS):
+        for a in positional(call):  # compute_loss(model, batch)
+            arg = rule.code_for(a.value)
+            if arg in models or (isinstance(a.value, (cst.Name, cst.Attribute)) and _model_hinted(arg)):
+                return arg
+    return None
+
+
+def model_sources(rule, fn, expr, models, depth: int = 0) -> List[Tuple[cst.Call, str]]:
+    """The network calls whose autograd graph ``expr`` carries, as ``(call, network code)``: followed
+    through assignments, losses, reductions and arithmetic, stopped by ``.item()``/``.detach()``/
+    ``float()`` and by ops without gradients (``argmax``, comparisons)."""
+    if depth > 6:
+        return []
+    if isinstance(expr, cst.Name):
+        return [s for v in assigned_values(rule, fn, expr.value) for s in model_sources(rule, fn, v, models, depth + 1)]
+    if isinstance(expr, cst.Call):
+        mc = method_call(expr)
+        if mc and (mc[1] in DETACHING_METHODS or mc[1] in NON_DIFFERENTIABLE):
+            return []
+        if isinstance(expr.func, cst.Name) and expr.func.value in DETACHING_BUILTINS:
+            return []
+        model = _model_of(rule, expr, models)
+        if model is not None:
+            return [(expr, model)]
+        tf = torch_function(rule, expr)
+        name = (dotted_name(expr.func) or "").split(".")[-1].lower()
+        if tf is not None:
+            if tf.split(".")[-1] in NON_DIFFERENTIABLE:
+                return []
+            parts = [a.value for a in expr.args]
+        elif mc and (mc[1] in GRAPH_REDUCTIONS or mc[1] in LOSS_REDUCTIONS):
+            parts = [mc[0]]
+        elif any(h in name for h in LOSS_HINTS) or (isinstance(expr.func, cst.Name) and name in TRANSPARENT_BUILTINS):
+            parts = [a.value for a in expr.args]
+        else:
+            return []
+        return [s for p in parts for s in model_sources(rule, fn, p, models, depth + 1)]
+    if isinstance(expr, cst.Attribute):
+        if expr.attr.value in ("data", "grad", "shape"):
+            return []
+        return model_sources(rule, fn, expr.value, models, depth + 1)
+    if isinstance(expr, cst.Subscript):
+        return model_sources(rule, fn, expr.value, models, depth + 1)
+    if isinstance(expr, cst.BinaryOperation):
+        return (model_sources(rule, fn, expr.left, models, depth + 1)
+                + model_sources(rule, fn, expr.right, models, depth + 1))
+    if isinstance(expr, cst.UnaryOperation):
+        return model_sources(rule, fn, expr.expression, models, depth + 1)
+    return []
+
+
+def loss_like(rule, fn, expr, depth: int = 0) -> bool:
+    """``expr`` is a loss value: a criterion/loss call, ``outputs.loss``, ``out["loss"]`` or a reduction
+    (``.sum()``, ``.mean()``), possibly scaled."""
+    if depth > 6:
+        return False
+    if isinstance(expr, cst.Name):
+        return any(loss_like(rule, fn, v, depth + 1) for v in assigned_values(rule, fn, expr.value))
+    if isinstance(expr, cst.Call):
+        mc = method_call(expr)
+        if mc and mc[1] in DETACHING_METHODS:
+            return False
+        tf = torch_function(rule, expr)
+        if tf is not None:
+            last = tf.split(".")[-1]
+            return "loss" in last or last in LOSS_REDUCTIONS or last in LOSS_FUNCTIONS
+        if mc and mc[1] in LOSS_REDUCTIONS:
+            return True
+        name = (dotted_name(expr.func) or "").split(".")[-1].lower()
+        return any(h in name for h in LOSS_HINTS)
+    if isinstance(expr, cst.Attribute):
+        return "loss" in expr.attr.value.lower()
+    if isinstance(expr, cst.Subscript):
+        key = expr.slice[0].slice.value if len(expr.slice) == 1 and isinstance(expr.slice[0].slice, cst.Index) else None
+        if isinstance(key, cst.SimpleString):
+            return "loss" in key.value.lower()
+        return loss_like(rule, fn, expr.value, depth + 1)
+    if isinstance(expr, cst.BinaryOperation):
+        return loss_like(rule, fn, expr.left, depth + 1) or loss_like(rule, fn, expr.right, depth + 1)
+    if isinstance(expr, cst.UnaryOperation):
+        return loss_like(rule, fn, expr.expression, depth + 1)
+    return False
+
+
+# How a value is used after a loop: turned into a number, differentiated, returned or passed on.
+NUMBER_BUILTINS = frozenset({"float", "int", "round", "str", "bool", "format", "repr", "print"})
+NUMBER_SINKS = frozenset({"log", "info", "debug", "warning", "warn", "add_scalar", "add_scalars", "log_metric",
+                          "log_metrics", "log_dict", "set_postfix", "set_description", "write", "echo", "secho"})
+NUMBER_METHODS = frozenset({"item", "tolist", "numpy"})
+NEUTRAL_METHODS = frozenset({"append", "extend", "insert", "clear", "copy", "sort", "reverse", "zero_", "fill_"})
+PASS_METHODS = GRAPH_REDUCTIONS | LOSS_REDUCTIONS | frozenset({"detach", "cpu", "float", "double", "to", "squeeze"})
+NUMERIC_MODULES = ("numpy.", "math.", "statistics.", "builtins.")
+
+
+def numeric_uses_after(rule, scope, acc: cst.Name, after_line: int, depth: int = 0) -> set:
+    """How ``acc`` is used in ``scope`` after ``after_line``: a set of ``numeric`` (made a number,
+    printed, logged, formatted, compared), ``backward``, ``returned`` / ``returned_mean`` (returned,
+    after a division or mean), ``stored`` (appended, put in a dict or an attribute), ``other`` (passed
+    to an unknown call) and ``neutral`` (rebound, ``len``)."""
+    kinds: set = set()
+    for n in walk_own(scope, cst.Name):
+        if n.value != acc.value or rule.line_of(n) <= after_line:
+            continue
+        p = rule.parent(n)
+        if isinstance(p, cst.Attribute) and p.attr is n or isinstance(p, cst.Arg) and p.keyword is n \
+                or isinstance(p, (cst.Param, cst.ImportAlias, cst.FunctionDef, cst.ClassDef)):
+            continue
+        kinds.add(_use_kind(rule, scope, n, depth))
+    return kinds
+
+
+def _use_kind(rule, scope, node, depth: int) -> str:
+    reduced = False
+    for _ in range(40):
+        p = rule.parent(node)
+        if p is None or isinstance(p, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            return "other"
+        if isinstance(p, (cst.AssignTarget, cst.For)) \
+                or isinstance(p, (cst.AugAssign, cst.AnnAssign)) and node is p.target:
+            return "neutral"
+        if isinstance(p, cst.Attribute):
+            call = rule.parent(p)
+            if not (isinstance(call, cst.Call) and call.func is p):
+                if p.attr.value == "data":
+                    node = p
+                    continue
+                return "neutral"  # .shape, .dtype
+            meth = p.attr.value
+            if meth == "backward":
+                return "backward"
+            if meth in NUMBER_METHODS:
+                return "numeric"
+            if meth in NEUTRAL_METHODS:
+                return "neutral"
+            if meth not in PASS_METHODS:
+                return "other"
+            reduced = reduced or meth == "mean"
+            node = call
+            continue
+        if isinstance(p, cst.Arg):
+            call = rule.parent(p)
+            if not isinstance(call, cst.Call):
+                return "other"
+            q = rule.qnames(call.func)
+            name = (dotted_name(call.func) or "").split(".")[-1]
+            if q & {f"builtins.{b}" for b in NUMBER_BUILTINS} or name in NUMBER_SINKS \
+                    or isinstance(call.func, cst.Attribute) and call.func.attr.value == "format":
+                return "numeric"
+            if q & {"builtins.len", "builtins.isinstance", "builtins.type"}:
+                return "neutral"
+            if isinstance(call.func, cst.Attribute) and call.func.attr.value in ("append", "extend", "insert", "add"):
+                return "stored"
+            if q & {f"builtins.{b}" for b in TRANSPARENT_BUILTINS}:
+                node = call
+                continue
+            tf = torch_function(rule, call)
+            if tf is not None and tf not in ("save",):
+                reduced = reduced or tf == "mean"
+                node = call
+                continue
+            if any(x.startswith(NUMERIC_MODULES) for x in q):
+                return "numeric"
+            return "other"
+        if isinstance(p, cst.BinaryOperation):
+            reduced = reduced or isinstance(p.operator, cst.Divide) and node is p.left
+            node = p
+            continue
+        if isinstance(p, (cst.UnaryOperation, cst.Subscript, cst.SubscriptElement, cst.Index, cst.Element,
+                          cst.DictElement, cst.List, cst.Tuple, cst.Dict)):
+            if isinstance(p, cst.DictElement) and node is p.key:
+                return "neutral"
+            node = p
+            continue
+        if isinstance(p, (cst.Comparison, cst.ComparisonTarget, cst.FormattedStringExpression, cst.BooleanOperation)):
+            return "numeric"
+        if isinstance(p, (cst.If, cst.While, cst.IfExp)) and node is p.test:
+            return "numeric"
+        if isinstance(p, cst.Return):
+            return "returned_mean" if reduced else "returned"
+        if isinstance(p, (cst.Assign, cst.AugAssign)) and node is p.value:
+            targets = [t.target for t in p.targets] if isinstance(p, cst.Assign) else [p.target]
+            if len(targets) == 1 and isinstance(targets[0], cst.Name) and depth < 3:
+                later = numeric_uses_after(rule, scope, targets[0], rule.line_of(p), depth + 1) - {"neutral"}
+                if not later:
+                    return "neutral"
+                kind = "numeric" if later == {"numeric"} else sorted(later - {"numeric"})[0]
+                return "returned_mean" if kind == "returned" and reduced else kind
+            return "stored"
+        if isinstance(p, cst.CompFor) and node is p.iter:
+            comp = next((a for a in rule.ancestors(p) if not isinstance(a, cst.CompFor)), None)
+            elt = getattr(comp, "elt", None) or getattr(comp, "value", None)
+            if elt is not None and any(method_call(c) and method_call(c)[1] in NUMBER_METHODS
+                                       or isinstance(c.func, cst.Name) and c.func.value in ("float", "int")
+                                       for c in walk(elt, cst.Call)):
+                return "numeric"
+            node = comp
+            continue
+        if isinstance(p, cst.Expr):
+            return "numeric" if rule.ctx.options.get("kind") == "notebook" else "neutral"
+        if isinstance(p, (cst.BaseSmallStatement, cst.BaseCompoundStatement, cst.Yield, cst.Await,
+                          cst.StarredElement)):
+            return "other"
+        node = p
+    return "other"
+
+
+def called_only_under_no_grad(rule, fn) -> bool:
+    """Every call of ``fn`` in the document (``evaluate(...)``, ``self.evaluate(...)``) runs under
+    ``no_grad``/``inference_mode``, and there is at least one."""
+    if fn is None or rule.ctx.module is None:
+        return False
+    key = ("calls-by-name",)
+    if key not in rule.ctx.cache:
+        calls: Dict[str, list] = {}
+        for c in walk(rule.ctx.module, cst.Call):
+            f = c.func
+            name = f.value if isinstance(f, cst.Name) else f.attr.value if isinstance(f, cst.Attribute) else None
+            if name:
+                calls.setdefault(name, []).append(c)
+        rule.ctx.cache[key] = calls
+    sites = rule.ctx.cache[key].get(fn.name.value, [])
+    return bool(sites) and all(in_no_grad(rule, c) for c in sites)
+
+
+def backwarded_later(rule, acc, scope, fn) -> bool:
+    """``sum(values).backward()`` / ``loss = torch.stack(values).sum(); loss.backward()`` somewhere in
+    the scope: the accumulator feeds a backward pass, so summing it was deliberate."""
+    name = rule.code_for(acc)
+    for c in walk_own(scope, cst.Call):
+        if isinstance(c.func, cst.Attribute) and c.func.attr.value == "backward":
+            recv = c.func.value
+            texts = [rule.code_for(recv)] + [rule.code_for(v) for v in (
+                assigned_values(rule, fn, recv.value) if isinstance(recv, cst.Name) else [])]
+            if any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", t) for t in texts):
+                return True
+    return False
+
+
+def reset_in_loop(acc, loop) -> bool:
+    """The accumulator is (re)created inside the loop: not an accumulation across iterations."""
+    name = acc.value if isinstance(acc, cst.Name) else None
+    if name is None:
+        return False
+    for n in walk_own(loop.body, cst.Assign):
+        if any(isinstance(t.target, cst.Name) and t.target.value == name for t in n.targets):
+            if not (isinstance(n.value, cst.BinaryOperation) and isinstance(n.value.left, cst.Name)
+                    and n.value.left.value == name):
+                return True
+    return False
+
+
 # -- documented shapes -------------------------------------------------------------------------
 _SHAPE_DOC = re.compile(
     r"^\s*(?:#\s*)?(?:[-*]\s*)?`?(\w+)`?\s*(?:\([^()]*\))?\s*:\s*(?:[A-Za-z_.]+\s+){0,3}?(?:of\s+)?(?:shape\s*)?"

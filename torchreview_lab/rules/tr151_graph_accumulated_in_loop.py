@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import re
-
 import libcst as cst
 
-from ._flow import graph_reason, in_no_grad, scope_of
-from ._torch import assigned_values, enclosing_loops, in_loop_body, walk_own
+from ._flow import accumulations, backwarded_later, graph_reason, in_no_grad, reset_in_loop, scope_of, training_step_in
+from ._torch import enclosing_loops, in_loop_body
 from .base import Invalid, Rule
 
 
@@ -61,38 +59,31 @@ class GraphAccumulatedInLoop(Rule):
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
-        if not (isinstance(node.func, cst.Attribute) and node.func.attr.value == "append" and len(node.args) == 1):
-            return
-        acc = node.func.value
-        self._check(node, acc, node.args[0].value,
-                    lambda new: node.with_changes(args=[node.args[0].with_changes(value=new)]))
+        for acc, value, rebuild in accumulations(node):
+            self._check(node, acc, value, rebuild)
 
     def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        if isinstance(node.operator, cst.AddAssign):
-            self._check(node, node.target, node.value, lambda new: node.with_changes(value=new))
+        for acc, value, rebuild in accumulations(node):
+            self._check(node, acc, value, rebuild)
 
     def visit_Assign(self, node: cst.Assign) -> None:
-        if len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
-            return
-        v = node.value
-        if isinstance(v, cst.BinaryOperation) and isinstance(v.operator, cst.Add) and isinstance(v.left, cst.Name) \
-                and v.left.value == node.targets[0].target.value:
-            self._check(node, v.left, v.right, lambda new: node.with_changes(value=v.with_changes(right=new)))
+        for acc, value, rebuild in accumulations(node):
+            self._check(node, acc, value, rebuild)
 
     def _check(self, node, acc, value, rebuild) -> None:
         if not in_loop_body(self, node) or in_no_grad(self, node):
             return
         loops = [lp for lp in enclosing_loops(self, node) if isinstance(lp, (cst.For, cst.While))]
-        if not loops or self._reset_in_loop(acc, loops[0]):
+        if not loops or reset_in_loop(acc, loops[0]):
             return
-        if not self._training_step(loops[0]):
+        if not training_step_in(self, loops[0]):
             # summing losses for one backward after the loop (several heads, micro-batches) is deliberate
             return
         fn, scope = scope_of(self, node)
         if scope is None:
             return
         reason = graph_reason(self, fn, scope, value)
-        if not reason or self._backwarded_later(acc, scope, fn):
+        if not reason or backwarded_later(self, acc, scope, fn):
             return
         v = self.code_for(value)
         scalar = isinstance(value, cst.Name) and ("backward" in reason or ".mean()" in reason or "loss" in v.lower())
@@ -108,36 +99,3 @@ class GraphAccumulatedInLoop(Rule):
             replacement=rebuild(new_value),
             evidence={"reason": reason},
         )
-
-    def _training_step(self, loop) -> bool:
-        """The loop body runs a training step: ``.backward()``, ``optimizer.step()`` or ``autograd.backward``."""
-        for c in walk_own(loop.body, cst.Call):
-            f = c.func
-            if isinstance(f, cst.Attribute) and (f.attr.value == "backward" or f.attr.value == "step" and any(
-                    h in self.code_for(f.value).lower() for h in ("opt", "scaler", "solver"))):
-                return True
-        return False
-
-    def _backwarded_later(self, acc, scope, fn) -> bool:
-        """``sum(values).backward()`` / ``loss = torch.stack(values).sum(); loss.backward()``: deliberate."""
-        name = self.code_for(acc)
-        for c in walk_own(scope, cst.Call):
-            if isinstance(c.func, cst.Attribute) and c.func.attr.value == "backward":
-                recv = c.func.value
-                texts = [self.code_for(recv)] + [self.code_for(v) for v in (
-                    assigned_values(self, fn, recv.value) if isinstance(recv, cst.Name) else [])]
-                if any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", t) for t in texts):
-                    return True
-        return False
-
-    def _reset_in_loop(self, acc, loop) -> bool:
-        """The accumulator is (re)created inside the loop: not an accumulation across iterations."""
-        name = acc.value if isinstance(acc, cst.Name) else None
-        if name is None:
-            return False
-        for n in walk_own(loop.body, cst.Assign):
-            if any(isinstance(t.target, cst.Name) and t.target.value == name for t in n.targets):
-                if not (isinstance(n.value, cst.BinaryOperation) and isinstance(n.value.left, cst.Name)
-                        and n.value.left.value == name):
-                    return True
-        return False
