@@ -360,3 +360,34 @@ def module_functions(rule) -> Dict[str, cst.FunctionDef]:
         body = rule.ctx.module.body if rule.ctx.module is not None else []
         rule.ctx.cache[key] = {s.name.value: s for s in body if isinstance(s, cst.FunctionDef)}
     return rule.ctx.cache[key]
+
+
+def _code_and_line_starts(rule) -> Tuple[str, List[int]]:
+    key = ("code-line-starts",)
+    if key not in rule.ctx.cache:
+        code = rule.ctx.module.code if rule.ctx.module is not None else ""
+        import re
+
+        starts = [0] + [mt.end() for mt in re.finditer(r"\r\n|\r|\n", code)]  # libcst's line breaks only
+        rule.ctx.cache[key] = (code, starts)
+    return rule.ctx.cache[key]
+
+
+def source_text(rule, node: cst.CSTNode, edits: Iterable[Tuple[cst.CSTNode, str]] = ()) -> str:
+    """The document's own text of ``node`` (indentation inside brackets kept, which ``code_for`` of a
+    detached node loses), with each ``(inner node, new text)`` of ``edits`` spliced in: the text an
+    autofix should put in place of ``node``'s span."""
+    from libcst.metadata import PositionProvider
+
+    code, starts = _code_and_line_starts(rule)
+
+    def span(n: cst.CSTNode) -> Tuple[int, int]:
+        p = rule.get_metadata(PositionProvider, n)
+        return starts[p.start.line - 1] + p.start.column, starts[p.end.line - 1] + p.end.column
+
+    start, end = span(node)
+    text = code[start:end]
+    for inner, new in sorted(edits, key=lambda e: span(e[0])[0], reverse=True):
+        s, e = span(inner)
+        text = text[:s - start] + new + text[e - start:]
+    return text
