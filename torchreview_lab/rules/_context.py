@@ -6,7 +6,7 @@ per review run on ``rule.ctx.cache``.
 """
 from __future__ import annotations
 
-from typing import Optional, Set
+from typing import Dict, List, Optional, Set
 
 import libcst as cst
 
@@ -29,6 +29,19 @@ def _base_qnames(rule, cls: cst.ClassDef) -> Set[str]:
     return out
 
 
+def _classes_by_name(rule) -> Dict[str, List[cst.ClassDef]]:
+    """The document's classes by name: one walk per review, not one per base class asked about."""
+    key = ("classes-by-name",)
+    cache = rule.ctx.cache
+    if key not in cache:
+        out: Dict[str, List[cst.ClassDef]] = {}
+        if rule.ctx.module is not None:
+            for c in walk(rule.ctx.module, cst.ClassDef):
+                out.setdefault(c.name.value, []).append(c)
+        cache[key] = out
+    return cache[key]
+
+
 def is_module_class(rule, cls: Optional[cst.ClassDef], _depth: int = 0) -> bool:
     """True for ``class M(nn.Module)`` / ``class M(nn.Linear)`` / a subclass of a local Module class."""
     if cls is None or _depth > 4:
@@ -45,11 +58,10 @@ def is_module_class(rule, cls: Optional[cst.ClassDef], _depth: int = 0) -> bool:
             result = True
         else:  # a class defined in this document
             local = q.rsplit(".", 1)[-1]
-            if rule.ctx.module is not None:
-                for c in walk(rule.ctx.module, cst.ClassDef):
-                    if c.name.value == local and c is not cls and is_module_class(rule, c, _depth + 1):
-                        result = True
-                        break
+            for c in _classes_by_name(rule).get(local, ()):
+                if c is not cls and is_module_class(rule, c, _depth + 1):
+                    result = True
+                    break
         if result:
             break
     cache[key] = result
