@@ -294,5 +294,7 @@ def test_each_timed_cpu_run_starts_from_a_released_allocator(monkeypatch):
     assert releases == list(range(len(runs)))  # one release before each run, none during
     # the real call is safe: live tensors survive it, the allocator keeps working
     x = torch.arange(1 << 20, dtype=torch.float32)
-    assert isinstance(release_free_memory(), bool)
+    import platform
+
+    assert release_free_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert x.sum().item() == float(sum(range(1 << 20)))

@@ -218,10 +218,15 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0][:300] if s else ""
 
 
-def _fit_time(points: List[Point]) -> Optional[PowerLawFit]:
+def _time_fit_points(points: List[Point]) -> List[Point]:
+    """The points time is fitted on: T >= TIME_FIT_MIN_SIZE when two such sizes exist, else all."""
     big = [p for p in points if p.size >= TIME_FIT_MIN_SIZE]
-    use = big if len(big) >= 2 else points
-    return fit_power_law([p.size for p in use], [p.seconds for p in use])
+    return big if len(big) >= 2 else list(points)
+
+
+def _fit_time(points: List[Point], offset: float = 0.0) -> Optional[PowerLawFit]:
+    use = _time_fit_points(points)
+    return fit_power_law([p.size for p in use], [p.seconds for p in use], offset=offset)
 
 
 def _predict_bytes(fn, res: ScalingResult, size: int, dev: str, backward: bool, meta: bool,
@@ -262,14 +267,12 @@ def _call_overhead(fn: Callable, res: ScalingResult, dev: str, backward: bool, r
     _cleanup(dev)
     if secs is None:
         return 0.0
-    use = [p for p in res.points if p.size >= TIME_FIT_MIN_SIZE]
-    use = use if len(use) >= 2 else res.points
-    cap = OVERHEAD_MAX_SHARE * min(p.seconds for p in use)
+    cap = OVERHEAD_MAX_SHARE * min(p.seconds for p in _time_fit_points(res.points))
     offset = max(0.0, min(float(secs), cap))
     # the tiny run also did a little of the T-dependent work: take the fitted law's share at the tiny
     # size out of it (a few fixed-point steps; each refit moves the offset by that share's change)
     for _ in range(3):
-        f = fit_power_law([p.size for p in use], [p.seconds for p in use], offset=offset)
+        f = _fit_time(res.points, offset)
         if f is None:
             break
         offset = max(0.0, min(float(secs) - f.coefficient * tiny ** f.exponent, cap))
@@ -293,19 +296,15 @@ def _fit(res: ScalingResult, time_offset: float = 0.0) -> None:
     mf = res.memory_fit
     if mf is not None and mf.r2 < R2_POOR:
         res.warnings.append(f"memory does not follow a power law in T (R² {mf.r2:.2f}): predictions are rough")
-    big = [p for p in pts if p.size >= TIME_FIT_MIN_SIZE]
-    if len(big) >= 2:
-        res.time_fit = fit_power_law([p.size for p in big], [p.seconds for p in big],
-                                     min_size=TIME_FIT_MIN_SIZE, offset=time_offset)
-        if res.time_fit is not None and len(big) < 3 and res.time_fit.confidence == "high":
-            res.time_fit.confidence = "medium"
-    else:
-        res.time_fit = fit_power_law([p.size for p in pts], [p.seconds for p in pts], offset=time_offset)
-        if res.time_fit is not None:
-            res.time_fit.confidence = "low"
-            res.warnings.append(f"time fitted on sizes below T={TIME_FIT_MIN_SIZE} (timings of small sizes are "
-                                "dominated by overheads): low confidence")
-    tf = res.time_fit
+    used = _time_fit_points(pts)
+    tf = res.time_fit = _fit_time(pts, time_offset)
+    if tf is not None and min(p.size for p in used) >= TIME_FIT_MIN_SIZE:
+        if len(used) < 3 and tf.confidence == "high":
+            tf.confidence = "medium"
+    elif tf is not None:
+        tf.confidence = "low"
+        res.warnings.append(f"time fitted on sizes below T={TIME_FIT_MIN_SIZE} (timings of small sizes are "
+                            "dominated by overheads): low confidence")
     if tf is not None and tf.r2 < R2_POOR:
         res.warnings.append(f"time does not follow a power law in T (R² {tf.r2:.2f}): noisy timings")
 

@@ -42,6 +42,21 @@ def _classes_by_name(rule) -> Dict[str, List[cst.ClassDef]]:
     return cache[key]
 
 
+def self_attribute_values(rule, cls: cst.ClassDef) -> Dict[str, List[cst.BaseExpression]]:
+    """``{attr: [values]}`` for every ``self.attr = value`` in ``cls`` (all methods), built once per
+    class and review."""
+    key = ("self-assignments", id(cls))
+    cache = rule.ctx.cache
+    if key not in cache:
+        out: Dict[str, List[cst.BaseExpression]] = {}
+        for a in walk(cls, cst.Assign):
+            for t in a.targets:
+                if isinstance(t.target, cst.Attribute) and dotted_name(t.target.value) == "self":
+                    out.setdefault(t.target.attr.value, []).append(a.value)
+        cache[key] = out
+    return cache[key]
+
+
 def is_module_class(rule, cls: Optional[cst.ClassDef], _depth: int = 0) -> bool:
     """True for ``class M(nn.Module)`` / ``class M(nn.Linear)`` / a subclass of a local Module class."""
     if cls is None or _depth > 4:

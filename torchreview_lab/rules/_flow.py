@@ -158,6 +158,23 @@ def accumulations(node):
             yield v.left, v.right, lambda new: node.with_changes(value=v.with_changes(right=new))
 
 
+class AccumulationVisits:
+    """Mixin for rules about accumulators: sends every :func:`accumulations` match of a visited
+    ``Call``/``AugAssign``/``Assign`` to the rule's ``_check(node, acc, value, rebuild)``."""
+
+    def visit_Call(self, node: cst.Call) -> None:
+        for acc, value, rebuild in accumulations(node):
+            self._check(node, acc, value, rebuild)
+
+    def visit_AugAssign(self, node: cst.AugAssign) -> None:
+        for acc, value, rebuild in accumulations(node):
+            self._check(node, acc, value, rebuild)
+
+    def visit_Assign(self, node: cst.Assign) -> None:
+        for acc, value, rebuild in accumulations(node):
+            self._check(node, acc, value, rebuild)
+
+
 GRAD_SWITCHES = frozenset({"set_grad_enabled", "autograd.set_grad_enabled", "autograd.grad_mode.set_grad_enabled"})
 
 

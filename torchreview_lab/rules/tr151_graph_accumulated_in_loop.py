@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ._flow import accumulations, backwarded_later, graph_reason, in_no_grad, reset_in_loop, scope_of, training_step_in
+from ._flow import AccumulationVisits, backwarded_later, graph_reason, in_no_grad, reset_in_loop, scope_of, training_step_in
 from ._torch import enclosing_loops, in_loop_body
 from .base import Invalid, Rule
 
 
-class GraphAccumulatedInLoop(Rule):
+class GraphAccumulatedInLoop(AccumulationVisits, Rule):
     """A graph-carrying tensor (a loss) is accumulated across loop iterations.
 
     What it does:
@@ -57,18 +57,6 @@ class GraphAccumulatedInLoop(Rule):
         Invalid("import torch\nlosses = []\nfor i in range(10):\n    x = torch.randn(4, requires_grad=True)\n    loss = (x ** 2).sum()\n    loss.backward()\n    losses.append(loss)\n", line=7),
         Invalid("def run(model, batches, optimizer):\n    running = 0\n    for b in batches:\n        out = model(b)\n        out.mean().backward()\n        optimizer.step()\n        running = running + out.mean()\n    return running\n", line=7),
     ]
-
-    def visit_Call(self, node: cst.Call) -> None:
-        for acc, value, rebuild in accumulations(node):
-            self._check(node, acc, value, rebuild)
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        for acc, value, rebuild in accumulations(node):
-            self._check(node, acc, value, rebuild)
-
-    def visit_Assign(self, node: cst.Assign) -> None:
-        for acc, value, rebuild in accumulations(node):
-            self._check(node, acc, value, rebuild)
 
     def _check(self, node, acc, value, rebuild) -> None:
         if not in_loop_body(self, node) or in_no_grad(self, node):

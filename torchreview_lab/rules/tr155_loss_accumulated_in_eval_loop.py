@@ -6,7 +6,7 @@ import libcst as cst
 from libcst.metadata import PositionProvider
 
 from ._flow import (
-    accumulations, backwarded_later, called_only_under_no_grad, grad_disabled_before, in_no_grad, loss_like,
+    AccumulationVisits, backwarded_later, called_only_under_no_grad, grad_disabled_before, in_no_grad, loss_like,
     model_sources, numeric_uses_after, reset_in_loop, scope_of, training_step_in,
 )
 from ._torch import enclosing_loops, in_loop_body, method_call, walk_own
@@ -18,7 +18,7 @@ _EVAL_NAME = re.compile(r"(^|_)(eval|evaluate|evaluation|valid|validate|validati
 _TORCH_IMPORTS = ("torch", "lightning", "pytorch_lightning", "transformers")
 
 
-class LossAccumulatedInEvalLoop(Rule):
+class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
     """An evaluation loop runs with autograd on and accumulates the loss tensor across batches.
 
     What it does:
@@ -105,18 +105,6 @@ class LossAccumulatedInEvalLoop(Rule):
         Invalid("import torch.nn.functional as F\ndef validate(model, loader):\n    total, n = 0, 0\n    for x, y in loader:\n"
                 "        total += F.mse_loss(model(x), y) * len(x)\n        n += len(x)\n    return total / n\n", line=5),
     ]
-
-    def visit_Call(self, node: cst.Call) -> None:
-        for acc, value, rebuild in accumulations(node):
-            self._check(node, acc, value, rebuild)
-
-    def visit_AugAssign(self, node: cst.AugAssign) -> None:
-        for acc, value, rebuild in accumulations(node):
-            self._check(node, acc, value, rebuild)
-
-    def visit_Assign(self, node: cst.Assign) -> None:
-        for acc, value, rebuild in accumulations(node):
-            self._check(node, acc, value, rebuild)
 
     def _check(self, node, acc, value, rebuild) -> None:
         if not in_loop_body(self, node) or in_no_grad(self, node):

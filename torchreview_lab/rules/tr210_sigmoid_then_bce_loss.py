@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
+from ._context import self_attribute_values
 from ._flow import in_no_grad
 from ._torch import (assigned_values, enclosing_class, enclosing_function, is_method_call, kwarg, method_call, positional,
                      torch_function, walk, walk_own)
@@ -131,18 +132,7 @@ class SigmoidThenBCELoss(Rule):
         if isinstance(ref, cst.Name):
             return assigned_values(self, fn, ref.value) or assigned_values(self, None, ref.value)
         cls = enclosing_class(self, ref)
-        if cls is None:
-            return []
-        # one pass per class (not per call): ``self.x = ...`` values by target text
-        cache = self.__dict__.setdefault("_class_assigns", {})
-        entry = cache.get(id(cls))
-        if entry is None or entry[0] is not cls:
-            by_target: dict = {}
-            for a in walk(cls, cst.Assign):
-                if len(a.targets) == 1 and isinstance(a.targets[0].target, cst.Attribute):
-                    by_target.setdefault(self.code_for(a.targets[0].target), []).append(a.value)
-            entry = cache[id(cls)] = (cls, by_target)
-        return list(entry[1].get(self.code_for(ref), []))
+        return list(self_attribute_values(self, cls).get(ref.attr.value, [])) if cls is not None else []
 
     def _sigmoid_input(self, fn, expr, depth: int = 0) -> Optional[Tuple[str, Optional[cst.BaseExpression], bool]]:
         """``(description, logits, inline)`` when ``expr`` is a sigmoid output, possibly reshaped;

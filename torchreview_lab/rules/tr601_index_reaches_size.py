@@ -5,6 +5,7 @@ from typing import Dict, List, Set
 import libcst as cst
 
 from ..findings import Fix
+from ._context import self_attribute_values
 from ._flow import canonical_size, comment_and_doc_text, documented_shapes, upper_bounds
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
 from ._torch import (
@@ -17,7 +18,6 @@ from ._torch import (
     loop_targets,
     names_in,
     torch_function,
-    walk,
 )
 from .tr101_materialized_loop_tensor import shape_dims
 from .base import Invalid, Rule
@@ -142,16 +142,7 @@ class IndexReachesSize(Rule):
         cls = enclosing_class(self, arr)
         if cls is None:
             return set()
-        key = ("self-assignments", id(cls))
-        if key not in self.ctx.cache:
-            assigns: Dict[str, List[cst.BaseExpression]] = {}
-            for a in walk(cls, cst.Assign):
-                for t in a.targets:
-                    tg = t.target
-                    if isinstance(tg, cst.Attribute) and isinstance(tg.value, cst.Name) and tg.value.value == "self":
-                        assigns.setdefault(tg.attr.value, []).append(a.value)
-            self.ctx.cache[key] = assigns
-        assigns = self.ctx.cache[key]
+        assigns = self_attribute_values(self, cls)
         values = assigns.get(arr.attr.value, [])
         if len(values) != 1:
             return set()

@@ -5,8 +5,9 @@ from typing import Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
+from ._context import self_attribute_values
 from ._torch import (assigned_values, dotted_name, enclosing_class, enclosing_function, function_facts, kwarg,
-                     method_call, positional, source_text, torch_function, walk)
+                     method_call, positional, source_text, torch_function)
 from .base import Invalid, Rule
 
 # What each loss expects as its input (first argument), by the last part of its torch name.
@@ -124,15 +125,7 @@ class ProbabilitiesIntoLogitLoss(Rule):
             if not vals and (fn is None or expr.value not in function_facts(self, fn).params):
                 vals = assigned_values(self, None, expr.value)
         elif isinstance(expr, cst.Attribute) and dotted_name(expr.value) == "self" and enclosing_class(self, expr):
-            cls = enclosing_class(self, expr)
-            key = ("tr607-self-attrs", id(cls))
-            if key not in self.ctx.cache:
-                self.ctx.cache[key] = {}
-                for a in walk(cls, cst.Assign):
-                    for t in a.targets:
-                        if isinstance(t.target, cst.Attribute) and dotted_name(t.target.value) == "self":
-                            self.ctx.cache[key].setdefault(t.target.attr.value, []).append(a.value)
-            vals = self.ctx.cache[key].get(expr.attr.value, [])
+            vals = self_attribute_values(self, enclosing_class(self, expr)).get(expr.attr.value, [])
         return vals[0] if len(vals) == 1 and isinstance(vals[0], cst.Call) else None
 
     def _produced(self, expr, fn, use_line: int, depth: int) -> Optional[Tuple[str, cst.Call]]:
