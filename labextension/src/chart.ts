@@ -10,7 +10,7 @@
 import type { Config, Data, Layout } from 'plotly.js-dist-min';
 
 import { bigO, fmtBytes, fmtSeconds, fmtSize } from './format';
-import { IPoint, IRun } from './scaling';
+import { IPoint, IRun, ITarget } from './scaling';
 
 type PlotlyModule = typeof import('plotly.js-dist-min');
 
@@ -270,7 +270,7 @@ export function memoryFigure(runs: IRun[], theme: IChartTheme): IFigure {
         x: [t.size],
         y: [t.meta_peak_bytes],
         marker: { symbol: 'diamond-open', size: 14, color: run.color, line: { width: 2.5 } },
-        hovertemplate: `<b>${run.function}</b> meta-device run<br>T=${fmtSize(t.size)}<br>${fmtBytes(t.meta_peak_bytes)}<extra></extra>`
+        hovertemplate: `<b>${run.function}</b> ${metaHow(t)}<br>T=${fmtSize(t.size)}<br>${fmtBytes(t.meta_peak_bytes)}<extra></extra>`
       });
       metaLegend = true;
     }
@@ -436,4 +436,12 @@ export function purge(el: HTMLElement): Promise<void> {
     return Promise.resolve();
   }
   return enqueue(el, Plotly => Plotly.purge(el));
+}
+
+/** How a meta figure was made: one exact run at the target, or extrapolated from smaller exact runs. */
+export function metaHow(t: ITarget): string {
+  const from = t.meta_from_sizes ?? [];
+  return from.length
+    ? `meta-device runs up to T=${fmtSize(Math.max(...from))}, extrapolated`
+    : 'meta-device run';
 }

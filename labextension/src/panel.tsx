@@ -65,7 +65,10 @@ function Evidence(props: { f: Finding }): JSX.Element | null {
   }
   const meta = num('meta_peak_bytes');
   if (meta !== null) {
-    items.push(['meta-device run', fmtBytes(meta)]);
+    const from = Array.isArray(ev['meta_from_sizes']) ? (ev['meta_from_sizes'] as number[]) : [];
+    items.push(from.length
+      ? ['meta-device runs', `${fmtBytes(meta)} (extrapolated from T ≤ ${fmtSize(Math.max(...from))})`]
+      : ['meta-device run', fmtBytes(meta)]);
   }
   const device = num('device_bytes');
   if (device !== null) {

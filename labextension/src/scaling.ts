@@ -49,6 +49,8 @@ export interface ITarget {
   fits: boolean | null;
   max_size_that_fits: number | null;
   meta_skipped_reason?: string | null;
+  /** Non-empty: meta_peak_bytes was extrapolated from exact meta runs at these sizes. */
+  meta_from_sizes?: number[];
 }
 
 export interface ISkipped {

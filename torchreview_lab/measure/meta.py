@@ -46,6 +46,8 @@ class MetaRun:
     ops: int = 0
     assumptions: List[str] = field(default_factory=list)
     skipped_reason: Optional[str] = None
+    extrapolated_from: List[int] = field(default_factory=list)  # meta_ladder: the sizes run for real on meta
+    note: Optional[str] = None  # how an extrapolated figure was made
 
     @property
     def ok(self) -> bool:

@@ -51,9 +51,12 @@ def scaling_figure(res: "ScalingResult"):
                                      hovertemplate=f"T={tgt.size:,}<br>{fmt_bytes(tgt.peak_bytes)} (fit)<extra></extra>"),
                           row=1, col=1)
         if tgt.meta_peak_bytes is not None:
-            fig.add_trace(go.Scatter(x=[tgt.size], y=[tgt.meta_peak_bytes], mode="markers", name="meta-device run",
+            how = (f"meta runs up to T={max(tgt.meta_from_sizes):,}, extrapolated" if tgt.meta_from_sizes
+                   else "meta")
+            fig.add_trace(go.Scatter(x=[tgt.size], y=[tgt.meta_peak_bytes], mode="markers",
+                                     name="meta-device runs, extrapolated" if tgt.meta_from_sizes else "meta-device run",
                                      marker=dict(symbol="diamond-open", size=14, color="#d62728", line=dict(width=2)),
-                                     hovertemplate=f"T={tgt.size:,}<br>{fmt_bytes(tgt.meta_peak_bytes)} (meta)<extra></extra>"),
+                                     hovertemplate=f"T={tgt.size:,}<br>{fmt_bytes(tgt.meta_peak_bytes)} ({how})<extra></extra>"),
                           row=1, col=1)
         if tgt.device_bytes:
             fig.add_hline(y=tgt.device_bytes, line=dict(color="#d62728", width=2), row=1, col=1,

@@ -21,6 +21,7 @@ from ._harness import call_harness, frozen_heap, harness_name, run_backward, sin
 from .progress import probe_progress
 from .fit import R2_POOR, PowerLawFit, fit_power_law
 from .meta import meta_run
+from .meta_ladder import meta_at_target
 from .result import Point, ScalingResult, TargetPrediction
 from .rules import harness_location
 from .trackers import device_memory, real_tracker
@@ -325,10 +326,14 @@ def _predict_target(fn, res: ScalingResult, target: int, dev: str, mem, backward
         limit = meta_time_limit
         if time_budget is not None:
             limit = max(0.1, min(limit, time_budget - (time.perf_counter() - t_start)))
-        m = meta_run(fn, target, time_limit=limit, backward=backward)
+        pilot = min((p.size for p in res.points), default=None)
+        m = meta_at_target(fn, target, time_limit=limit, backward=backward, pilot=pilot)
         tgt.meta_assumptions = list(m.assumptions)
         if m.ok:
             tgt.meta_peak_bytes = int(m.peak_bytes)
+            tgt.meta_from_sizes = list(m.extrapolated_from)
+            if m.note:
+                res.warnings.append(m.note)
             if m.assumptions:
                 res.warnings.append(f"the meta run at T={target:,} answered {len(m.assumptions)} data-dependent "
                                     "call(s) with assumptions (see target.meta_assumptions)")

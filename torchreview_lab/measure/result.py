@@ -33,6 +33,9 @@ class TargetPrediction:
     device_free_bytes: Optional[int] = None    # CUDA: free now (mem_get_info); CPU: available RAM
     meta_assumptions: List[str] = field(default_factory=list)
     meta_skipped_reason: Optional[str] = None
+    # empty: meta_peak_bytes is an exact meta run at the target; else the sizes of the exact meta runs
+    # it was extrapolated from (a harness whose run at the target would not finish in the time limit)
+    meta_from_sizes: List[int] = field(default_factory=list)
 
     @property
     def predicted_bytes(self) -> Optional[float]:
@@ -140,7 +143,10 @@ class ScalingResult:
         t = self.target
         if t is not None:
             line = f"at T={t.size:,}: memory {fmt_bytes(t.peak_bytes)} (fit)"
-            if t.meta_peak_bytes is not None:
+            if t.meta_peak_bytes is not None and t.meta_from_sizes:
+                line += (f", {fmt_bytes(t.meta_peak_bytes)} (meta runs up to T={max(t.meta_from_sizes):,}, "
+                         "extrapolated)")
+            elif t.meta_peak_bytes is not None:
                 line += f", {fmt_bytes(t.meta_peak_bytes)} (meta run)"
             if t.seconds is not None:
                 line += f"; time ≈ {fmt_seconds(t.seconds)}"

@@ -83,6 +83,7 @@ def scaling_findings(result: "ScalingResult") -> list:
                                            if t.max_size_that_fits is not None else ""),
             evidence={"exponent": mf.exponent if mf else None, "r2": mf.r2 if mf else None,
                       "predicted_bytes": t.predicted_bytes, "meta_peak_bytes": t.meta_peak_bytes,
+                      "meta_from_sizes": list(t.meta_from_sizes),
                       "device_bytes": t.device_bytes, "max_size_that_fits": t.max_size_that_fits,
                       "sizes": [p.size for p in result.points],
                       "peak_bytes": [p.peak_bytes for p in result.points]},
