@@ -100,3 +100,22 @@ def test_cli_unloads_the_user_module(capsys):
     run_check(_check_args(f"{BUGGY}:nan_ok", "--size", "4", "--checks", "nonfinite"))
     capsys.readouterr()
     assert {m for m in sys.modules if m.startswith("_torchreview_user_")} == before
+
+
+def test_scale_meta_time_limit_extrapolates_a_python_loop(capsys):
+    """python_loop steps through T in Python: at T=400,000 the meta run would take about a minute, so
+    with 2 s the meta figure comes from smaller meta runs (the (T,) float32 tensor it fills)."""
+    rc = run_scale(_scale_args(f"{SCALING}:python_loop", "--sizes", "64,128,256", "--repeats", "1",
+                               "--device", "cpu", "--target", "400000", "--meta-time-limit", "2", "--format", "json"))
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    t = data["target"]
+    assert t["meta_from_sizes"] and max(t["meta_from_sizes"]) < 400_000
+    assert t["meta_peak_bytes"] == pytest.approx(4 * 400_000, rel=0.01)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_scale_meta_time_limit_must_be_positive_seconds(value, capsys):
+    with pytest.raises(SystemExit):
+        _scale_args(f"{SCALING}:linear", "--meta-time-limit", value)
+    assert "--meta-time-limit" in capsys.readouterr().err

@@ -98,8 +98,22 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--backward", action="store_true", help="also run backward through the returned loss")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per size (median)")
     parser.add_argument("--no-meta", action="store_true", help="skip the meta-device prediction")
+    parser.add_argument("--meta-time-limit", type=_positive_seconds, default=10.0, metavar="S",
+                        help="seconds for the meta-device prediction at the target; a harness that loops "
+                             "over T in Python gets a figure extrapolated from smaller meta runs when the "
+                             "run at the target would take longer (default %(default)s)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return value
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -134,6 +148,7 @@ def run_scale(args: argparse.Namespace) -> int:
         res = scale(fn, sizes=sizes, target=args.target, device=args.device, budget_bytes=args.budget_bytes,
                     time_budget=args.time_budget, backward=getattr(args, "backward", False),
                     repeats=getattr(args, "repeats", 5), meta=not getattr(args, "no_meta", False),
+                    meta_time_limit=getattr(args, "meta_time_limit", 10.0),
                     name=f"{path}:{name}", progress=False)  # the CLI prints its result, never a widget
     except ValueError as e:  # bad device and the like
         return _err(str(e))
