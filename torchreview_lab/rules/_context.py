@@ -1,16 +1,21 @@
 """Where code runs: inside an ``nn.Module.forward`` or a ``torch.compile``/``torch.jit.script``
-function (graph context), in a public API function, under a CUDA-availability guard.
+function (graph context), in a public API function, under a CUDA-availability guard, a device context
+or a test of some names; and how nn.Modules are built: what a name or ``self.attr`` was assigned, the
+layer an ``nn.Sequential`` ends in, which calls construct modules, what ``__init__`` runs.
 
-Helpers shared by the TR4xx-TR8xx rules; everything resolves through qualified names and is cached
+Helpers shared by the rules; everything resolves through qualified names and is cached
 per review run on ``rule.ctx.cache``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set
+import re
+from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from ._torch import dotted_name, enclosing_class, enclosing_function, walk, walk_own
+from ._knowledge import NN_NON_MODULE_CLASSES, NN_NON_MODULE_PREFIXES, STATELESS_MODULES
+from ._torch import (assigned_values, dotted_name, enclosing_class, enclosing_function, function_facts, last_part,
+                     names_in, torch_function, walk, walk_own)
 
 # Decorators / wrappers that compile a function into a graph.
 COMPILERS = frozenset({"torch.compile", "torch.jit.script", "torch.jit.trace", "torch._dynamo.optimize",
@@ -42,19 +47,77 @@ def _classes_by_name(rule) -> Dict[str, List[cst.ClassDef]]:
     return cache[key]
 
 
-def self_attribute_values(rule, cls: cst.ClassDef) -> Dict[str, List[cst.BaseExpression]]:
-    """``{attr: [values]}`` for every ``self.attr = value`` in ``cls`` (all methods), built once per
-    class and review."""
+def self_attribute_assignments(rule, cls: cst.ClassDef) -> Dict[str, List[Tuple[cst.BaseExpression, cst.CSTNode]]]:
+    """``{attr: [(value, statement)]}`` for every ``self.attr = value`` and ``self.attr: T = value`` in
+    ``cls`` (all methods), built once per class and review."""
     key = ("self-assignments", id(cls))
     cache = rule.ctx.cache
     if key not in cache:
-        out: Dict[str, List[cst.BaseExpression]] = {}
-        for a in walk(cls, cst.Assign):
-            for t in a.targets:
-                if isinstance(t.target, cst.Attribute) and dotted_name(t.target.value) == "self":
-                    out.setdefault(t.target.attr.value, []).append(a.value)
+        out: Dict[str, List[Tuple[cst.BaseExpression, cst.CSTNode]]] = {}
+        for a in walk(cls, (cst.Assign, cst.AnnAssign)):
+            for t in ([t.target for t in a.targets] if isinstance(a, cst.Assign) else [a.target]):
+                if isinstance(t, cst.Attribute) and dotted_name(t.value) == "self" and a.value is not None:
+                    out.setdefault(t.attr.value, []).append((a.value, a))
         cache[key] = out
     return cache[key]
+
+
+def self_attribute_values(rule, cls: cst.ClassDef) -> Dict[str, List[cst.BaseExpression]]:
+    """``{attr: [values]}`` for every plain ``self.attr = value`` in ``cls`` (annotated assignments
+    left out), built once per class and review."""
+    key = ("self-values", id(cls))
+    cache = rule.ctx.cache
+    if key not in cache:
+        out: Dict[str, List[cst.BaseExpression]] = {}
+        for attr, pairs in self_attribute_assignments(rule, cls).items():
+            values = [v for v, a in pairs if isinstance(a, cst.Assign)]
+            if values:
+                out[attr] = values
+        cache[key] = out
+    return cache[key]
+
+
+def bound_values(rule, fn: Optional[cst.FunctionDef], ref, params_shadow: bool = False) -> List[cst.BaseExpression]:
+    """What a name (assigned in ``fn``, else at module level) or ``self.attr`` (anywhere in its class)
+    was assigned; with ``params_shadow``, a parameter of ``fn`` hides a module-level assignment."""
+    if isinstance(ref, cst.Name):
+        vals = assigned_values(rule, fn, ref.value) if fn is not None else []
+        if not vals and not (params_shadow and fn is not None and ref.value in function_facts(rule, fn).params):
+            vals = assigned_values(rule, None, ref.value)
+        return vals
+    cls = enclosing_class(rule, ref) if isinstance(ref, cst.Attribute) and dotted_name(ref.value) == "self" else None
+    return list(self_attribute_values(rule, cls).get(ref.attr.value, [])) if cls is not None else []
+
+
+def construction_of(rule, fn: Optional[cst.FunctionDef], expr) -> Optional[cst.Call]:
+    """The one ``Cls(...)`` call that built ``expr``: the call itself, or what a name or ``self.attr``
+    was assigned (a parameter of ``fn`` is not looked up at module level)."""
+    if isinstance(expr, cst.Call):
+        return expr
+    vals = bound_values(rule, fn, expr, params_shadow=True) if isinstance(expr, (cst.Name, cst.Attribute)) else []
+    return vals[0] if len(vals) == 1 and isinstance(vals[0], cst.Call) else None
+
+
+def last_layer(rule, module: cst.Call) -> Optional[cst.Call]:
+    """The module a construction finally applies: the last layer of ``nn.Sequential(..., nn.Softmax(1))``,
+    the construction itself for another torch class; None otherwise."""
+    if last_part(torch_function(rule, module)) == "Sequential":
+        a = module.args[-1] if module.args else None
+        return a.value if a is not None and not a.star and isinstance(a.value, cst.Call) else None
+    return module if last_part(torch_function(rule, module))[:1].isupper() else None
+
+
+def init_methods(rule, cls: cst.ClassDef) -> List[cst.FunctionDef]:
+    """``__init__`` of ``cls`` and the methods it calls on ``self`` (``self._build()``); empty when the
+    class defines no ``__init__``."""
+    methods = {s.name.value: s for s in walk_own(cls.body, cst.FunctionDef)}
+    if "__init__" not in methods:
+        return []
+    init = methods["__init__"]
+    helpers = set(methods) - {"__init__"}
+    return [init] + [methods[c.func.attr.value] for c in walk_own(init.body, cst.Call)
+                     if isinstance(c.func, cst.Attribute) and dotted_name(c.func.value) == "self"
+                     and c.func.attr.value in helpers]
 
 
 def is_module_class(rule, cls: Optional[cst.ClassDef], _depth: int = 0) -> bool:
@@ -81,6 +144,33 @@ def is_module_class(rule, cls: Optional[cst.ClassDef], _depth: int = 0) -> bool:
             break
     cache[key] = result
     return result
+
+
+def local_module_class(rule, name: str) -> bool:
+    """``name`` is a class of this document (not shadowed by an import) that is an nn.Module."""
+    classes = _classes_by_name(rule).get(name)
+    return bool(classes) and name not in rule.ctx.names.aliases and is_module_class(rule, classes[-1])
+
+
+def module_kind(rule, fn, expr) -> Optional[str]:
+    """What ``expr`` (a call, or a name assigned one call in ``fn``) constructs: ``"module"`` (a torch.nn
+    module or a module class of this document), ``"param"`` (``nn.Parameter``), ``"stateless"`` (an
+    activation or pooling module that holds nothing); None for anything else."""
+    if isinstance(expr, cst.Name):
+        vals = assigned_values(rule, fn, expr.value)
+        expr = vals[0] if len(vals) == 1 else expr
+    if not isinstance(expr, cst.Call):
+        return None
+    tf = torch_function(rule, expr)
+    if tf is not None:
+        last = last_part(tf)
+        if not tf.startswith("nn.") or tf.startswith(NN_NON_MODULE_PREFIXES) or not last[:1].isupper() \
+                or last in NN_NON_MODULE_CLASSES:
+            return None
+        return "param" if last == "Parameter" else "stateless" if STATELESS_MODULES.fullmatch(last) else "module"
+    if isinstance(expr.func, cst.Name) and local_module_class(rule, expr.func.value):
+        return "module"
+    return None
 
 
 def _compiled_names(rule) -> Set[str]:
@@ -174,6 +264,50 @@ def under_cuda_guard(rule, node: cst.CSTNode) -> bool:
             # a function whose name says it is about CUDA (``def cuda(self)``, ``def to_gpu``)
             if isinstance(a, cst.FunctionDef) and ("cuda" in a.name.value.lower() or "gpu" in a.name.value.lower()):
                 return True
+    return False
+
+
+# Packages whose import makes a document PyTorch code.
+TORCH_FRAMEWORKS = ("torch", "lightning", "pytorch_lightning", "transformers")
+
+
+def imports_torch(rule) -> bool:
+    """The document imports torch or a framework built on it (Lightning, transformers)."""
+    return any(q.split(".")[0] in TORCH_FRAMEWORKS for q in rule.ctx.names.aliases.values())
+
+
+# Function names that read as evaluation (``evaluate``, ``val_loss``, ``test_step``, ``compute_metrics``):
+# weak evidence, to be combined with what the code does.
+_EVALUATION_NAME = re.compile(r"(^|_)(eval|evaluate|evaluation|valid|validate|validation|val|test|score|metrics?|"
+                              r"infer|inference|predict|benchmark)(_|$)")
+
+
+def is_evaluation_name(name: str) -> bool:
+    """``name`` (lower-case) reads as an evaluation function."""
+    return bool(_EVALUATION_NAME.search(name))
+
+
+def under_test_of(rule, node: cst.CSTNode, names) -> bool:
+    """An enclosing ``if``/``while``/conditional expression (in ``node``'s function) tests one of
+    ``names``: ``x[i + 1]`` under ``if i + 1 < n:``."""
+    for a in rule.ancestors(node):
+        if isinstance(a, (cst.If, cst.While, cst.IfExp)) and names_in(a.test) & names:
+            return True
+        if isinstance(a, cst.FunctionDef):
+            break
+    return False
+
+
+def under_device_context(rule, node: cst.CSTNode) -> bool:
+    """``node`` runs inside ``with torch.device(...):`` in its function, where factories default to
+    that device."""
+    for a in rule.ancestors(node):
+        if isinstance(a, cst.With):
+            for item in a.items:
+                if isinstance(item.item, cst.Call) and torch_function(rule, item.item) == "device":
+                    return True
+        if isinstance(a, cst.FunctionDef):
+            return False
     return False
 
 

@@ -1,23 +1,36 @@
 """Helpers for gradient-flow, memory-correctness, numerics and shape rules (TR15x, TR2xx-TR3xx, TR6xx, TR9xx).
 
 Private module (not a rule): what carries an autograd graph, whether code runs under ``no_grad``,
-documented tensor shapes from comments/docstrings, and symbolic upper bounds of index expressions.
+where a value goes (combined with others, returned, put in a container, turned into a number),
+documented tensor shapes from comments/docstrings, numerics (max-shifted, centred, sums of squares),
+and symbolic upper bounds of index expressions.
 """
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
+from ._context import self_attribute_values
+from ._knowledge import (CENTRING_REDUCTIONS, COMBINING_FUNCTIONS, SHAPE_FACTORIES, SIZE_ARG_POSITION, SUM_REDUCTIONS,
+                         TENSOR_METHODS)
 from ._torch import (
     assigned_values,
+    container_elements,
     dotted_name,
+    enclosing_class,
     enclosing_function,
+    enclosing_loops,
+    fast_children,
+    function_facts,
+    in_loop_body,
     is_method_call,
     kwarg,
     method_call,
+    names_in,
     positional,
+    shape_dims,
     torch_function,
     walk,
     walk_own,
@@ -123,6 +136,65 @@ def graph_reason(rule, fn, scope, expr: cst.BaseExpression, depth: int = 0) -> O
     return None
 
 
+def combined_with(rule, fn: cst.FunctionDef, name: str, others) -> bool:
+    """In ``fn``, ``name`` meets one of the names ``others`` in an operation: arithmetic or a comparison
+    (``name * x``), a write into it (``name[i] = x[i]``) or ``torch.cat``/``stack``/``where``/``matmul``."""
+    for n in walk_own(fn.body):
+        if isinstance(n, cst.BinaryOperation):
+            sides = (n.left, n.right)
+            for a, b in (sides, sides[::-1]):
+                if name in names_in(a) and names_in(b) & others:
+                    return True
+        elif isinstance(n, cst.Assign):
+            for t in n.targets:
+                tgt = t.target
+                if isinstance(tgt, cst.Subscript) and isinstance(tgt.value, cst.Name) and tgt.value.value == name:
+                    if names_in(n.value) & others:
+                        return True
+        elif isinstance(n, cst.Call) and torch_function(rule, n) in COMBINING_FUNCTIONS:
+            args = set()
+            for a in n.args:
+                args |= names_in(a.value)
+            if name in args and args & others:
+                return True
+    return False
+
+
+def returned_from(rule, node, name: Optional[str], fn: cst.FunctionDef) -> bool:
+    """``node`` is (part of) a ``return`` value of ``fn``, or ``name`` (what it was assigned to) reaches
+    one through up to three assignments (``cum -> out = torch.cat([zero, cum]) -> return out``)."""
+    if any(isinstance(a, cst.Return) for a in rule.ancestors(node)):
+        return True
+    if name is None:
+        return False
+    flows = {name}
+    for _ in range(3):
+        for var, values in function_facts(rule, fn).assignments.items():
+            if any(names_in(v) & flows for v in values):
+                flows.add(var)
+    return any(r.value is not None and names_in(r.value) & flows for r in walk_own(fn.body, cst.Return))
+
+
+def values_added(rule, target: str, fns) -> List[cst.BaseExpression]:
+    """Values put into the container ``target`` (a name or ``self.attr``, by code) in the functions
+    ``fns``: by ``.append(x)``, ``.extend([...])``, ``.insert(i, x)``, ``.update(...)``, ``[k] = x``
+    and ``+= [...]``."""
+    out: List[cst.BaseExpression] = []
+    for n in (n for fn in fns for n in walk_own(fn.body, (cst.Call, cst.Assign, cst.AugAssign))):
+        if isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute) and n.args \
+                and rule.code_for(n.func.value) == target:
+            if n.func.attr.value in ("append", "insert"):
+                out.append(n.args[-1].value)
+            elif n.func.attr.value in ("extend", "update"):
+                out.extend(container_elements(n.args[0].value) or [n.args[0].value])
+        elif isinstance(n, cst.Assign) and any(isinstance(t.target, cst.Subscript)
+                                               and rule.code_for(t.target.value) == target for t in n.targets):
+            out.append(n.value)
+        elif isinstance(n, cst.AugAssign) and rule.code_for(n.target) == target:
+            out.extend(container_elements(n.value) or [n.value])
+    return out
+
+
 # -- accumulation across loop iterations (TR151, TR155) ----------------------------------------
 def training_step_in(rule, loop, consumers: bool = False) -> bool:
     """The loop body runs a training step: ``.backward()`` (``autograd.backward`` included) or
@@ -156,6 +228,18 @@ def accumulations(node):
         if isinstance(v, cst.BinaryOperation) and isinstance(v.operator, cst.Add) and isinstance(v.left, cst.Name) \
                 and v.left.value == node.targets[0].target.value:
             yield v.left, v.right, lambda new: node.with_changes(value=v.with_changes(right=new))
+
+
+def accumulating_loop(rule, node, acc):
+    """The innermost ``for``/``while`` loop across whose iterations ``node`` accumulates into ``acc``
+    with autograd on; None when ``node`` is not in a loop body, runs under ``no_grad``, or the loop
+    re-creates ``acc`` each iteration."""
+    if not in_loop_body(rule, node) or in_no_grad(rule, node):
+        return None
+    loops = [lp for lp in enclosing_loops(rule, node) if isinstance(lp, (cst.For, cst.While))]
+    if not loops or reset_in_loop(acc, loops[0]):
+        return None
+    return loops[0]
 
 
 class AccumulationVisits:
@@ -315,6 +399,50 @@ def loss_like(rule, fn, expr, depth: int = 0) -> bool:
     return False
 
 
+def runs_forward(rule, call: cst.Call) -> bool:
+    """A call that runs a network or criterion (``model(x)``, ``rnn(x, h)``, ``F.mse_loss``): not another
+    torch function, a builtin, a constructor, a data/model factory or a tensor method."""
+    if torch_function(rule, call) is not None:
+        return "loss" in torch_function(rule, call) or torch_function(rule, call).endswith("cross_entropy")
+    last = (dotted_name(call.func) or "_").split(".")[-1]
+    if any(q.startswith(("builtins.", "numpy.", "math.")) for q in rule.qnames(call.func)) or \
+            (last[:1].isupper() or last.startswith(MODEL_FACTORY_PREFIXES)) and "loss" not in last.lower():
+        return False  # a builtin, a constructor (``DataLoader(...)``) or a data/model factory
+    mc = method_call(call)
+    return not (mc and (mc[1] in TENSOR_METHODS or mc[1] in GRAPH_REDUCTIONS))
+
+
+def data_names(expr: cst.CSTNode) -> List[str]:
+    """Names read as data in ``expr`` (not callees: ``model`` in ``model(x)``, ``self.net``), followed
+    through tensor methods to their receiver (``h`` in ``h.mean()``)."""
+    out, stack = [], [expr]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, cst.Name):
+            out.append(n.value)
+        elif isinstance(n, cst.Call):
+            mc = method_call(n)
+            if mc and (mc[1] in TENSOR_METHODS or mc[1] in GRAPH_REDUCTIONS):
+                stack.append(mc[0])
+            elif not isinstance(n.func, (cst.Name, cst.Attribute)):
+                stack.append(n.func)
+            stack.extend(a.value for a in n.args)
+        elif isinstance(n, cst.Attribute):
+            stack.append(n.value)
+        elif not isinstance(n, (cst.Lambda,)):
+            stack.extend(fast_children(n))
+    return out
+
+
+def detached_value(value) -> bool:
+    """``h.detach()``, ``h.item()``, ``Variable(h.data)``, ``total = 0``: a value that carries no graph on."""
+    if isinstance(value, (cst.Integer, cst.Float)) or isinstance(value, cst.Attribute) and value.attr.value == "data":
+        return True
+    mc = method_call(value)
+    return bool(mc and mc[1] in ("detach", "item", "tolist", "numpy")) or isinstance(value, cst.Call) and bool(
+        value.args) and all(detached_value(a.value) for a in value.args)
+
+
 # How a value is used after a loop: turned into a number, differentiated, returned or passed on.
 NUMBER_BUILTINS = frozenset({"float", "int", "round", "str", "bool", "format", "repr", "print"})
 NUMBER_SINKS = frozenset({"log", "info", "debug", "warning", "warn", "add_scalar", "add_scalars", "log_metric",
@@ -437,6 +565,28 @@ def _use_kind(rule, scope, node, depth: int) -> str:
     return "other"
 
 
+def modes_before(rule, scope, line: int):
+    """Networks in eval mode at ``line`` (their last ``.eval()``/``.train(b)`` call in ``scope`` before
+    it turned training off) and networks frozen with ``.requires_grad_(False)``, as two sets of codes."""
+    last: dict = {}
+    frozen = set()
+    for c in walk_own(scope, cst.Call):
+        mc = method_call(c)
+        if not mc or mc[1] not in ("eval", "train", "requires_grad_") or rule.line_of(c) >= line:
+            continue
+        arg = c.args[0].value if c.args else None
+        off = isinstance(arg, cst.Name) and arg.value == "False"
+        key = rule.code_for(mc[0])
+        if mc[1] == "requires_grad_":
+            if off:
+                frozen.add(key)
+        elif not (mc[1] == "eval" and c.args):
+            at = rule.line_of(c)
+            if key not in last or last[key][0] <= at:
+                last[key] = (at, mc[1] == "eval" or off)
+    return {k for k, (_, ev) in last.items() if ev}, frozen
+
+
 def called_only_under_no_grad(rule, fn) -> bool:
     """Every call of ``fn`` in the document (``evaluate(...)``, ``self.evaluate(...)``) runs under
     ``no_grad``/``inference_mode``, and there is at least one."""
@@ -520,6 +670,16 @@ def comment_and_doc_text(rule, node: cst.CSTNode) -> str:
     return "\n".join(lines)
 
 
+def doc_shapes(rule, fn) -> Dict[str, List[str]]:
+    """:func:`documented_shapes` of a function's comments and docstring (the module's when ``fn`` is
+    None), cached per review."""
+    key = ("doc-shapes", id(fn))
+    if key not in rule.ctx.cache:
+        node = fn if fn is not None else rule.ctx.module
+        rule.ctx.cache[key] = documented_shapes(comment_and_doc_text(rule, node)) if node is not None else {}
+    return rule.ctx.cache[key]
+
+
 # -- numerics ------------------------------------------------------------------------------------
 MAX_LIKE = frozenset({"max", "amax", "logsumexp", "cummax", "detach"})
 BOUNDED_ABOVE = frozenset({"log_softmax", "nn.functional.log_softmax", "nn.functional.logsigmoid", "logsigmoid",
@@ -601,6 +761,88 @@ def is_constant_like(expr) -> bool:
     if isinstance(expr, cst.Attribute):
         return True  # self.temperature, math.pi
     return False
+
+
+def is_centring_call(rule, call: cst.Call) -> bool:
+    """``x.mean(...)``, ``torch.median(x)``: a reduction that centres a tensor when subtracted."""
+    return torch_function(rule, call) in CENTRING_REDUCTIONS or bool(is_method_call(rule, call, CENTRING_REDUCTIONS))
+
+
+def is_centred(rule, fn, expr, depth: int = 0) -> bool:
+    """``x - x.mean(...)``, ``x - m`` with ``m`` a mean, or a name assigned only such values."""
+    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Subtract):
+        return any(is_centring_call(rule, n) for n in walk(expr.right, cst.Call)) or (
+            isinstance(expr.right, cst.Name) and any(
+                any(is_centring_call(rule, n) for n in walk(v, cst.Call))
+                for v in assigned_values(rule, fn, expr.right.value)))
+    if isinstance(expr, cst.Name) and depth < 3:
+        vals = assigned_values(rule, fn, expr.value)
+        return bool(vals) and all(is_centred(rule, fn, v, depth + 1) for v in vals)
+    return False
+
+
+def document_differences_subscripts(rule) -> bool:
+    """Somewhere in the document two subscripts of one tensor are subtracted (``cum[:, e] - cum[:, s]``):
+    prefix sums are turned into window sums."""
+    key = ("prefix-differences",)
+    if key not in rule.ctx.cache:
+        found = False
+        for b in walk(rule.ctx.module, cst.BinaryOperation):
+            if (isinstance(b.operator, cst.Subtract) and isinstance(b.left, cst.Subscript)
+                    and isinstance(b.right, cst.Subscript)
+                    and rule.code_for(b.left.value) == rule.code_for(b.right.value)):
+                found = True
+                break
+        rule.ctx.cache[key] = found
+    return rule.ctx.cache[key]
+
+
+def is_square(rule, fn, expr, depth: int = 0) -> bool:
+    """``y ** 2``, ``y.pow(2)``, ``torch.pow(y, 2)``, ``y.square()``, ``torch.square(y)``, ``y * y``."""
+    if isinstance(expr, cst.Name) and depth < 3:
+        vals = assigned_values(rule, fn, expr.value)
+        return len(vals) == 1 and is_square(rule, fn, vals[0], depth + 1)
+    if isinstance(expr, cst.BinaryOperation):
+        if isinstance(expr.operator, cst.Power):
+            return const_int(expr.right) == 2
+        if isinstance(expr.operator, cst.Multiply):
+            return rule.code_for(expr.left) == rule.code_for(expr.right) \
+                and not isinstance(expr.left, (cst.Integer, cst.Float))
+        return False
+    if isinstance(expr, cst.Call):
+        tf = torch_function(rule, expr)
+        if tf == "square" or is_method_call(rule, expr, {"square"}) and not expr.args:
+            return True
+        if tf == "pow" and len(expr.args) == 2:
+            return const_int(expr.args[1].value) == 2
+        if is_method_call(rule, expr, {"pow"}) and len(expr.args) == 1:
+            return const_int(expr.args[0].value) == 2
+    return False
+
+
+def sum_of_squares(rule, fn, expr, depth: int = 0) -> Optional[str]:
+    """A description when ``expr`` is a sum/mean of squares (``((a - b) ** 2).sum(-1)``, ``x ** 2 + y ** 2``,
+    a name assigned one), for messages; None otherwise."""
+    if depth > 4:
+        return None
+    if isinstance(expr, cst.Name):
+        vals = assigned_values(rule, fn, expr.value)
+        inner = sum_of_squares(rule, fn, vals[0], depth + 1) if len(vals) == 1 else None
+        return f"`{expr.value}`, {inner}" if inner else None
+    if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Add):
+        left, right = (sum_of_squares(rule, fn, side, depth + 1) or is_square(rule, fn, side)
+                       for side in (expr.left, expr.right))
+        return "a sum of squares" if left and right else None
+    if isinstance(expr, cst.Call):
+        tf = torch_function(rule, expr)
+        if tf in SUM_REDUCTIONS and positional(expr):
+            inner = positional(expr)[0].value
+        elif tf is None and is_method_call(rule, expr, SUM_REDUCTIONS):
+            inner = method_call(expr)[0]
+        else:
+            return None
+        return "a sum of squares" if is_square(rule, fn, inner) else None
+    return None
 
 
 # -- symbolic upper bounds of index expressions ------------------------------------------------
@@ -760,6 +1002,36 @@ def upper_bounds(rule, fn, node, expr, depth: int = 0) -> Optional[List[Bound]]:
         sym = [b for p in known for b in p if b[0] is not None]
         return sym or [b for p in known for b in p]
     return None
+
+
+def attribute_dim_sizes(rule, arr, dim: int) -> Set[str]:
+    """Sizes of ``self.table``'s dimension ``dim`` from the class that builds it, e.g.
+    ``self.duration = nn.Parameter(torch.randn(max_duration, C))`` gives ``max_duration`` and every
+    ``self.K = max_duration`` alias of it."""
+    if not (isinstance(arr, cst.Attribute) and isinstance(arr.value, cst.Name) and arr.value.value == "self"):
+        return set()
+    cls = enclosing_class(rule, arr)
+    if cls is None:
+        return set()
+    assigns = self_attribute_values(rule, cls)
+    values = assigns.get(arr.attr.value, [])
+    if len(values) != 1:
+        return set()
+    v = values[0]
+    while isinstance(v, cst.Call) and (dotted_name(v.func) or "").split(".")[-1] == "Parameter" and v.args:
+        v = v.args[0].value
+    fname = torch_function(rule, v) if isinstance(v, cst.Call) else None
+    dims = shape_dims(rule, v, fname) if fname in SHAPE_FACTORIES or fname in SIZE_ARG_POSITION else None
+    if not dims or dim >= len(dims):
+        return set()
+    size = rule.code_for(dims[dim]).replace(" ", "")
+    if size.isdigit():
+        return set()
+    out = {size}
+    for name, vals in assigns.items():
+        if len(vals) == 1 and rule.code_for(vals[0]).replace(" ", "") == size:
+            out.add(f"self.{name}")
+    return out
 
 
 def _loop_for(rule, node, name: str) -> Optional[cst.For]:

@@ -14,7 +14,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 import libcst as cst
 import libcst.matchers as m
 
-from ._knowledge import NON_TENSOR_TORCH_CALLS, TENSOR_METHODS
+from ._knowledge import JOIN_FUNCTIONS, NON_TENSOR_TORCH_CALLS, SIZE_ARG_POSITION, TENSOR_METHODS
 
 TORCH_PREFIXES = ("torch.",)
 
@@ -68,6 +68,116 @@ def kwarg(call: cst.Call, name: str) -> Optional[cst.Arg]:
 
 def positional(call: cst.Call) -> List[cst.Arg]:
     return [a for a in call.args if a.keyword is None and not a.star]
+
+
+def atom_code(rule, expr: cst.BaseExpression) -> str:
+    """The code of ``expr``, parenthesized unless it is a name, call, attribute or subscript (so that
+    ``.detach()`` or ``.sqrt()`` can be appended to it)."""
+    code = rule.code_for(expr)
+    return code if isinstance(expr, (cst.Name, cst.Call, cst.Attribute, cst.Subscript)) else f"({code})"
+
+
+def last_part(dotted: Optional[str]) -> str:
+    """``"cross_entropy"`` for ``"nn.functional.cross_entropy"``; ``""`` for None."""
+    return dotted.rsplit(".", 1)[-1] if dotted else ""
+
+
+def with_keyword(call: cst.Call, name: str, value: cst.BaseExpression) -> cst.Call:
+    """``call`` with ``name=value`` appended after its last argument (``f(a, name=value)``)."""
+    args = list(call.args)
+    if args:
+        args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+    args.append(cst.Arg(keyword=cst.Name(name), value=value,
+                        equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                              whitespace_after=cst.SimpleWhitespace(""))))
+    return call.with_changes(args=args)
+
+
+def with_arg_value(call: cst.Call, arg: cst.Arg, value: cst.BaseExpression) -> cst.Call:
+    """``call`` with the value of its argument ``arg`` replaced by ``value``."""
+    return call.with_changes(args=[a.with_changes(value=value) if a is arg else a for a in call.args])
+
+
+def without_arg(call: cst.Call, arg: cst.Arg) -> cst.Call:
+    """``call`` without the argument ``arg`` (no comma left dangling)."""
+    args = [a for a in call.args if a is not arg]
+    if args:
+        args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+    return call.with_changes(args=args)
+
+
+def assigned_name(rule, node: cst.CSTNode) -> Optional[str]:
+    """``"x"`` when ``node`` is the whole value of a plain ``x = node``; None otherwise."""
+    p = rule.parent(node)
+    if isinstance(p, cst.Assign) and len(p.targets) == 1 and isinstance(p.targets[0].target, cst.Name):
+        return p.targets[0].target.value
+    return None
+
+
+def bound_codes(rule, target: cst.BaseExpression) -> List[str]:
+    """The code of each name or attribute an assignment target binds (``["h", "self.c"]`` for
+    ``h, *self.c``)."""
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [c for e in target.elements for c in bound_codes(rule, e.value)]
+    return [rule.code_for(target.value if isinstance(target, cst.StarredElement) else target)]
+
+
+def join_kind(rule, call: cst.Call) -> Optional[str]:
+    """``"cat"`` for ``torch.cat``/``th.cat``/``cat`` from torch, ``"numpy.append"`` for ``np.append``;
+    None when ``call`` is not a join of :data:`JOIN_FUNCTIONS`."""
+    tf = torch_function(rule, call)
+    if tf is not None:
+        return tf if tf in JOIN_FUNCTIONS and tf != "append" else None
+    return next((q for q in rule.qnames(call.func) if q.startswith("numpy.") and q[6:] in JOIN_FUNCTIONS), None)
+
+
+def container_kind(rule, v: cst.BaseExpression) -> Optional[str]:
+    """``"list"`` for ``[...]``, ``[... for ...]``, ``[m] * n``, ``list()``; ``"dict"`` for ``{k: v}``,
+    ``{... for ...}``, ``dict()``; ``"tuple"``; ``"name"`` for a bare name; None for anything else."""
+    if isinstance(v, (cst.List, cst.ListComp)) or isinstance(v, cst.BinaryOperation) and isinstance(v.left, cst.List):
+        return "list"
+    if isinstance(v, (cst.Dict, cst.DictComp, cst.Tuple)):
+        return "tuple" if isinstance(v, cst.Tuple) else "dict"
+    if isinstance(v, cst.Call) and not v.args and rule.qnames(v.func) & {"builtins.list", "builtins.dict"}:
+        return "list" if "builtins.list" in rule.qnames(v.func) else "dict"
+    return "name" if isinstance(v, cst.Name) else None
+
+
+def container_elements(v: cst.BaseExpression) -> List[cst.BaseExpression]:
+    """The element expressions of a list/tuple/dict literal (dict values), ``[m] * n`` or a
+    comprehension (its element); empty for anything else."""
+    v = v.left if isinstance(v, cst.BinaryOperation) else v
+    if isinstance(v, (cst.List, cst.Tuple, cst.Dict)):
+        return [e.value for e in v.elements]
+    return [v.elt] if isinstance(v, cst.ListComp) else [v.value] if isinstance(v, cst.DictComp) else []
+
+
+def shape_dims(rule, call: cst.Call, fname: str) -> Optional[List[cst.BaseExpression]]:
+    """The size expressions of a shape factory call (``torch.zeros(B, T)``, ``torch.full((B, T), v)``),
+    or None when they cannot be read."""
+    size = kwarg(call, "size")
+    if size is not None:
+        v = size.value
+        return [e.value for e in v.elements] if isinstance(v, (cst.Tuple, cst.List)) else None
+    pos = positional(call)
+    if fname in SIZE_ARG_POSITION:
+        if not pos:
+            return None
+        v = pos[SIZE_ARG_POSITION[fname]].value
+        return [e.value for e in v.elements] if isinstance(v, (cst.Tuple, cst.List)) else None
+    if len(pos) == 1 and isinstance(pos[0].value, (cst.Tuple, cst.List)):
+        return [e.value for e in pos[0].value.elements]
+    if any(a.star for a in call.args):
+        return None
+    return [a.value for a in pos]
+
+
+def nn_prefix(rule) -> Optional[str]:
+    """How the document spells ``torch.nn`` (``"nn"``, ``"torch.nn"``, ``"th.nn"``); None when it
+    imports neither ``torch.nn`` nor ``torch``."""
+    aliases = rule.ctx.names.aliases
+    return next((k for k, v in aliases.items() if v == "torch.nn"), None) or \
+        next((f"{k}.nn" for k, v in aliases.items() if v == "torch"), None)
 
 
 _CHILD_FIELDS: Dict[type, Tuple[str, ...]] = {}
@@ -330,6 +440,15 @@ def assigned_values(rule, fn: Optional[cst.FunctionDef], name: str) -> List[cst.
                             out.setdefault(nm, []).append(n.value)
         cache[key] = out
     return cache[key].get(name, [])
+
+
+def source_names(rule, fn: Optional[cst.FunctionDef], expr: cst.CSTNode) -> Set[str]:
+    """The names read by the values assigned to the names of ``expr`` (one assignment back)."""
+    out: Set[str] = set()
+    for n in names_in(expr):
+        for v in assigned_values(rule, fn, n):
+            out |= names_in(v)
+    return out
 
 
 def is_none(node: Optional[cst.BaseExpression]) -> bool:

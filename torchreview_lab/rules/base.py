@@ -229,5 +229,8 @@ class Rule(cst.BatchableCSTVisitor):
     def line_of(self, node: cst.CSTNode) -> int:
         return self.get_metadata(PositionProvider, node).start.line
 
+    def end_line_of(self, node: cst.CSTNode) -> int:
+        return self.get_metadata(PositionProvider, node).end.line
+
     def code_for(self, node: cst.CSTNode) -> str:
         return self.ctx.code_for(node)

@@ -1,42 +1,23 @@
 from __future__ import annotations
 
-from typing import List, Optional, Set
+from typing import Set
 
 import libcst as cst
 
 from ..findings import Fix
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
 from ._torch import (
+    assigned_name,
     enclosing_function,
     enclosing_loops,
     function_facts,
-    kwarg,
     loop_targets,
     names_in,
-    positional,
+    shape_dims,
     torch_function,
     walk_own,
 )
 from .base import Invalid, Rule
-
-
-def shape_dims(rule, call: cst.Call, fname: str) -> Optional[List[cst.BaseExpression]]:
-    """The size expressions of a shape factory call, or None when they cannot be read."""
-    size = kwarg(call, "size")
-    if size is not None:
-        v = size.value
-        return [e.value for e in v.elements] if isinstance(v, (cst.Tuple, cst.List)) else None
-    pos = positional(call)
-    if fname in SIZE_ARG_POSITION:
-        if not pos:
-            return None
-        v = pos[SIZE_ARG_POSITION[fname]].value
-        return [e.value for e in v.elements] if isinstance(v, (cst.Tuple, cst.List)) else None
-    if len(pos) == 1 and isinstance(pos[0].value, (cst.Tuple, cst.List)):
-        return [e.value for e in pos[0].value.elements]
-    if any(a.star for a in call.args):
-        return None
-    return [a.value for a in pos]
 
 
 class MaterializedLoopTensor(Rule):
@@ -109,7 +90,7 @@ class MaterializedLoopTensor(Rule):
                 evidence={"dims": len(dims), "loop_ranged": sorted(set(looped))},
             )
             return
-        target = self._assigned_name(node)
+        target = assigned_name(self, node)
         if target and len(dims) >= 2 and self._filled_in_nested_loops(scope, target):
             self.report(
                 node,
@@ -137,12 +118,6 @@ class MaterializedLoopTensor(Rule):
                     out |= names_in(a)
             self.ctx.cache[key] = out
         return self.ctx.cache[key]
-
-    def _assigned_name(self, node: cst.Call) -> Optional[str]:
-        p = self.parent(node)
-        if isinstance(p, cst.Assign) and len(p.targets) == 1 and isinstance(p.targets[0].target, cst.Name):
-            return p.targets[0].target.value
-        return None
 
     def _filled_in_nested_loops(self, scope, name: str) -> bool:
         for n in walk_own(scope if not isinstance(scope, cst.FunctionDef) else scope.body, cst.Assign):

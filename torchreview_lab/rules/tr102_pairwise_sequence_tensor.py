@@ -7,10 +7,9 @@ import libcst as cst
 from ..findings import Fix
 from ._flow import canonical_size
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
-from ._torch import (assigned_values, enclosing_function, is_method_call, kwarg, method_call,
+from ._torch import (assigned_values, enclosing_function, is_method_call, kwarg, method_call, shape_dims,
                      torch_function, walk_own)
 from .base import Invalid, Rule
-from .tr101_materialized_loop_tensor import shape_dims
 
 
 def _none_positions(e) -> Optional[tuple]:

@@ -1,23 +1,15 @@
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import const_int
-from ._torch import (assigned_values, dotted_name, enclosing_function, is_none, method_call, positional, torch_function,
-                     walk, walk_own)
+from ._loops import bindings_in, bounded_iterable, loops_until
+from ._torch import assigned_values, enclosing_function, is_none, join_kind, method_call, positional, walk, walk_own
 from .base import Invalid, Rule
 
-# Joins that copy every input into a new buffer (torch and numpy).
-_JOINS = frozenset({"cat", "concat", "concatenate", "stack", "vstack", "hstack", "dstack", "row_stack",
-                    "column_stack", "append"})
 _CHAIN_METHODS = frozenset({"detach", "to", "contiguous", "float", "double", "half", "cpu", "cuda"})
-_SMALL_TRIP = 32  # a loop over at most this many constant items is not a scaling problem
-# Loops over (or bounded by) parts of a model or a tensor's dimensions do not grow with the data.
-_ARCH_HINTS = ("layer", "head", "block", "level", "stage", "scale", "depth", "conv", "module", "children", "branch",
-               "dim", "shape")
 _PIECE_KWARGS = ("tensors", "tup", "arrays", "arr")
 
 
@@ -87,7 +79,9 @@ class TensorGrownByConcatInLoop(Rule):
         acc = self.code_for(target)
         if not self._fed_back(call, acc):
             return
-        loops = self._growth_loops(node, acc)
+        # the loops across whose iterations ``acc`` keeps growing, without those of small or architectural size
+        loops = [lp for lp in loops_until(self, node, lambda lp: self._reset_in(lp, node, acc))
+                 if not (isinstance(lp, cst.For) and bounded_iterable(lp.iter))]
         if not loops:
             return
         loop = loops[0]
@@ -108,7 +102,7 @@ class TensorGrownByConcatInLoop(Rule):
         pieces = [e.value for e in getattr(call.args[0].value, "elements", ())] or [a.value for a in call.args[1:2]]
         new = next((self.code_for(p) for p in pieces if self.code_for(p) != acc), "<new piece>")
         join = self.code_for(call.func)
-        if (self._join_kind(call) or "").endswith("append"):  # np.append(acc, x) -> np.concatenate(parts)
+        if (join_kind(self, call) or "").endswith("append"):  # np.append(acc, x) -> np.concatenate(parts)
             join, rest = join.rsplit(".", 1)[0] + ".concatenate" if "." in join else "concatenate", ""
         read = [s for s in walk_own(loop.body, cst.SimpleStatementLine) if node not in s.body] + \
             ([loop.test] if isinstance(loop, cst.While) else [])
@@ -119,18 +113,11 @@ class TensorGrownByConcatInLoop(Rule):
             is_none(v) for v in assigned_values(self, enclosing_function(self, node), target.value))
         return f"parts = [{'' if empty else acc}]\n{head}:\n    parts.append({new})\n{acc} = {join}(parts{rest})"
 
-    def _join_kind(self, call: cst.Call) -> Optional[str]:
-        """``"cat"`` for ``torch.cat``/``th.cat``/``cat`` from torch, ``"numpy.append"`` for ``np.append``."""
-        tf = torch_function(self, call)
-        if tf is not None:
-            return tf if tf in _JOINS and tf != "append" else None
-        return next((q for q in self.qnames(call.func) if q.startswith("numpy.") and q[6:] in _JOINS), None)
-
     def _join_call(self, value) -> Optional[cst.Call]:
         """The join at the root of ``value`` (``torch.cat(...).to(dev)``, ``cat(...) if acc is not None else x``)."""
         if isinstance(value, cst.IfExp):
             return self._join_call(value.body) or self._join_call(value.orelse)
-        while isinstance(value, cst.Call) and not self._join_kind(value):
+        while isinstance(value, cst.Call) and not join_kind(self, value):
             mc = method_call(value)
             value = mc[0] if mc is not None and mc[1] in _CHAIN_METHODS else None
         return value if isinstance(value, cst.Call) else None
@@ -138,7 +125,7 @@ class TensorGrownByConcatInLoop(Rule):
     def _fed_back(self, call: cst.Call, acc: str) -> bool:
         """``acc`` is one of the joined pieces but not all of them (``[x, x]`` doubles: O(n) copies in
         total); ``stack`` only grows through ``[*acc, x]``."""
-        kind, pos = self._join_kind(call) or "", positional(call)
+        kind, pos = join_kind(self, call) or "", positional(call)
         first = pos[0].value if pos else next((a.value for a in call.args if a.keyword and a.keyword.value in _PIECE_KWARGS), None)
         if kind == "numpy.append":  # np.append(acc, values)
             pieces = [self.code_for(a.value) for a in pos[:2]]
@@ -149,56 +136,12 @@ class TensorGrownByConcatInLoop(Rule):
         grows = ("*" + acc,) if kind.split(".")[-1] == "stack" else (acc, "*" + acc)
         return any(p in grows for p in pieces) and not all(p == acc for p in pieces)
 
-    def _growth_loops(self, node, acc: str) -> List[cst.CSTNode]:
-        """The loops, innermost first, across whose iterations ``acc`` keeps growing (up to the first
-        loop that re-creates or truncates it), without the loops of small or architectural size."""
-        out, child = [], node
-        for a in self.ancestors(node):
-            if isinstance(a, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
-                break
-            if isinstance(a, (cst.For, cst.While)) and child is a.body:
-                if self._reset_in(a, node, acc):
-                    break  # re-created (or truncated to a window) inside this loop
-                if not (isinstance(a, cst.For) and self._bounded(a.iter)):
-                    out.append(a)
-            child = a
-        return out
-
     def _reset_in(self, loop, node, acc: str) -> bool:
         """Something other than a growing join binds ``acc`` in the loop: a loop target, a tuple
-        target (``hx, cx = cell(...)``), ``with ... as acc``, a plain or a truncating assignment."""
-        for n in [loop, *walk_own(loop.body, (cst.For, cst.Assign, cst.AnnAssign, cst.WithItem))]:
-            if isinstance(n, cst.Assign):
-                targets = [t.target for t in n.targets]
-            elif isinstance(n, cst.WithItem):
-                targets = [n.asname.name] if n.asname else []
-            else:
-                targets = [getattr(n, "target", None)]
-            if n is node or acc not in {c for t in targets if t is not None for c in self._bound(t)}:
-                continue
-            join = self._join_call(n.value) if isinstance(n, cst.Assign) and len(targets) == 1 else None
-            if join is None or not self._fed_back(join, acc):
+        target (``hx, cx = cell(...)``), ``with ... as acc``, a plain or a truncating assignment
+        (re-created, or truncated to a window, inside this loop)."""
+        for n in bindings_in(self, loop, acc):
+            join = self._join_call(n.value) if isinstance(n, cst.Assign) and len(n.targets) == 1 else None
+            if n is not node and (join is None or not self._fed_back(join, acc)):
                 return True
         return False
-
-    def _bound(self, t):
-        if isinstance(t, (cst.Tuple, cst.List)):
-            return [c for e in t.elements for c in self._bound(e.value)]
-        return [self.code_for(t.value if isinstance(t, cst.StarredElement) else t)]
-
-    def _bounded(self, it) -> bool:
-        """The iterable has a small constant or architectural length."""
-        if isinstance(it, (cst.List, cst.Tuple, cst.Set)):
-            return len(it.elements) <= _SMALL_TRIP
-        if isinstance(it, cst.Call) and isinstance(it.func, cst.Name) and it.func.value in ("range", "len"):
-            stop = it.args[min(1, len(it.args) - 1)].value if it.args else None
-            n = const_int(stop) if stop is not None else None
-            return n is not None and n <= _SMALL_TRIP or stop is not None and n is None and self._bounded(stop)
-        if isinstance(it, cst.BinaryOperation):  # range(n_dims - 1)
-            return any(self._bounded(a) and const_int(b) is not None for a, b in ((it.left, it.right), (it.right, it.left)))
-        if isinstance(it, cst.Call) and isinstance(it.func, cst.Name) and it.func.value in ("enumerate", "zip", "reversed"):
-            return any(self._bounded(a.value) for a in it.args)
-        if isinstance(it, cst.Call) and method_call(it) is not None:
-            it = it.func  # self.children(), self.blocks.items()
-        name = (dotted_name(it) or "").split(".")
-        return any(h in part.lower() for part in name[1:] or name for h in _ARCH_HINTS)

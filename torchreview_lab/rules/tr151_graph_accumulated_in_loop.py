@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ._flow import AccumulationVisits, backwarded_later, graph_reason, in_no_grad, reset_in_loop, scope_of, training_step_in
-from ._torch import enclosing_loops, in_loop_body
+from ._flow import AccumulationVisits, accumulating_loop, backwarded_later, graph_reason, scope_of, training_step_in
 from .base import Invalid, Rule
 
 
@@ -59,12 +58,10 @@ class GraphAccumulatedInLoop(AccumulationVisits, Rule):
     ]
 
     def _check(self, node, acc, value, rebuild) -> None:
-        if not in_loop_body(self, node) or in_no_grad(self, node):
+        loop = accumulating_loop(self, node, acc)
+        if loop is None:
             return
-        loops = [lp for lp in enclosing_loops(self, node) if isinstance(lp, (cst.For, cst.While))]
-        if not loops or reset_in_loop(acc, loops[0]):
-            return
-        if not training_step_in(self, loops[0]):
+        if not training_step_in(self, loop):
             # summing losses for one backward after the loop (several heads, micro-batches) is deliberate
             return
         fn, scope = scope_of(self, node)

@@ -1,21 +1,13 @@
 from __future__ import annotations
 
-import re
-
 import libcst as cst
-from libcst.metadata import PositionProvider
 
-from ._flow import (
-    AccumulationVisits, backwarded_later, called_only_under_no_grad, grad_disabled_before, in_no_grad, loss_like,
-    model_sources, numeric_uses_after, reset_in_loop, scope_of, training_step_in,
-)
-from ._torch import enclosing_loops, in_loop_body, method_call, walk_own
+from ._context import imports_torch, is_evaluation_name
+from ._flow import (AccumulationVisits, accumulating_loop, backwarded_later, called_only_under_no_grad,
+                    grad_disabled_before, in_no_grad, loss_like, model_sources, modes_before, numeric_uses_after,
+                    scope_of, training_step_in)
+from ._torch import atom_code
 from .base import Invalid, Rule
-
-# Function names that read as evaluation: weak evidence, only ever combined with how the total is used.
-_EVAL_NAME = re.compile(r"(^|_)(eval|evaluate|evaluation|valid|validate|validation|val|test|score|metrics?|"
-                        r"infer|inference|predict|benchmark)(_|$)")
-_TORCH_IMPORTS = ("torch", "lightning", "pytorch_lightning", "transformers")
 
 
 class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
@@ -107,17 +99,14 @@ class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
     ]
 
     def _check(self, node, acc, value, rebuild) -> None:
-        if not in_loop_body(self, node) or in_no_grad(self, node):
+        loop = accumulating_loop(self, node, acc)
+        if loop is None or training_step_in(self, loop, consumers=True):
             return
-        loops = [lp for lp in enclosing_loops(self, node) if isinstance(lp, (cst.For, cst.While))]
-        if not loops or reset_in_loop(acc, loops[0]) or training_step_in(self, loops[0], consumers=True):
-            return
-        loop = loops[0]
         fn, scope = scope_of(self, node)
         start, end = self.line_of(loop), self.end_line_of(loop)
         if grad_disabled_before(self, scope, start):
             return
-        evaluated, frozen = self._modes_before(scope, start)
+        evaluated, frozen = modes_before(self, scope, start)
         sources = [(c, m) for c, m in model_sources(self, fn, value, evaluated)
                    if m not in frozen and loop in self.ancestors(c) and not in_no_grad(self, c)]
         if not sources or not loss_like(self, fn, value) or backwarded_later(self, acc, scope, fn):
@@ -127,21 +116,19 @@ class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
             return
         name = self.code_for(acc)
         numeric_only = bool(uses) and uses <= {"numeric", "neutral"} and "numeric" in uses
-        torch_file = any(q.split(".")[0] in _TORCH_IMPORTS for q in self.ctx.names.aliases.values())
+        torch_file = imports_torch(self)
         fname = fn.name.value.lower() if fn is not None else ""
         eval_model = next((m for _, m in sources if m in evaluated), None)
         if eval_model is not None:
             evidence = f"`{eval_model}` was put in eval mode before the loop"
         elif numeric_only and torch_file:
             evidence = f"`{name}` is only turned into numbers after the loop"
-        elif torch_file and _EVAL_NAME.search(fname) and uses & {"numeric", "returned_mean", "stored"} \
+        elif torch_file and is_evaluation_name(fname) and uses & {"numeric", "returned_mean", "stored"} \
                 and not uses & {"returned"}:
             evidence = f"`{fn.name.value}` evaluates and reports `{name}` as a number or mean"
         else:
             return
-        v = self.code_for(value)
-        simple = isinstance(value, (cst.Name, cst.Call, cst.Attribute, cst.Subscript))
-        w = v if simple else f"({v})"
+        v, w = self.code_for(value), atom_code(self, value)
         replacement = None
         if numeric_only:  # nothing after the loop needs the graph: detaching changes no result
             replacement = rebuild(cst.parse_expression(f"{w}.detach()"))
@@ -158,27 +145,3 @@ class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
             replacement=replacement,
             evidence={"reason": evidence, "model": model},
         )
-
-    def end_line_of(self, node) -> int:
-        return self.get_metadata(PositionProvider, node).end.line
-
-    def _modes_before(self, scope, line: int):
-        """Networks in eval mode at ``line`` (their last ``.eval()``/``.train(b)`` call in ``scope``
-        before it turned training off) and networks frozen with ``.requires_grad_(False)``, by code."""
-        last: dict = {}
-        frozen = set()
-        for c in walk_own(scope, cst.Call):
-            mc = method_call(c)
-            if not mc or mc[1] not in ("eval", "train", "requires_grad_") or self.line_of(c) >= line:
-                continue
-            arg = c.args[0].value if c.args else None
-            off = isinstance(arg, cst.Name) and arg.value == "False"
-            key = self.code_for(mc[0])
-            if mc[1] == "requires_grad_":
-                if off:
-                    frozen.add(key)
-            elif not (mc[1] == "eval" and c.args):
-                at = self.line_of(c)
-                if key not in last or last[key][0] <= at:
-                    last[key] = (at, mc[1] == "eval" or off)
-        return {k for k, (_, ev) in last.items() if ev}, frozen

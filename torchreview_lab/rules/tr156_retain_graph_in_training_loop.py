@@ -5,13 +5,11 @@ from typing import Dict, List, Optional, Set
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import GRAPH_REDUCTIONS, MODEL_FACTORY_PREFIXES, graph_reason, model_sources
-from ._knowledge import TENSOR_METHODS
-from ._torch import (assigned_values, dotted_name, enclosing_function, fast_children, in_loop_body, kwarg, method_call,
-                     names_in, torch_function, walk, walk_own)
+from ._flow import data_names, detached_value, graph_reason, model_sources, runs_forward
+from ._loops import differentiated_later
+from ._torch import (assigned_values, enclosing_function, in_loop_body, kwarg, method_call, names_in, torch_function,
+                     walk, walk_own, without_arg)
 from .base import Invalid, Rule
-
-_DIFFERENTIATE = ("autograd.grad", "autograd.backward")
 
 
 class RetainGraphInTrainingLoop(Rule):
@@ -83,7 +81,7 @@ class RetainGraphInTrainingLoop(Rule):
         if rg is None or not (isinstance(rg.value, cst.Name) and rg.value.value == "True") or not in_loop_body(self, node):
             return
         loop = next((a for a in self.ancestors(node) if isinstance(a, (cst.For, cst.While))), None)
-        if loop is None or self._later_backward(loop, node):
+        if loop is None or differentiated_later(self, loop, node):
             return
         carried = self._rebuilt_in_iteration(loop, loss, self.line_of(node))
         if carried is None:
@@ -97,24 +95,8 @@ class RetainGraphInTrainingLoop(Rule):
             impact=("Every activation saved for backward stays alive until the next iteration replaces it (about 2x peak "
                     "memory); when a tensor carried across iterations still holds the old graph, each backward also "
                     "runs through all previous iterations, slower every step, with gradients leaking across batches."),
-            fix=Fix(before=self.code_for(node), after=self._without(node, rg)),
+            fix=Fix(before=self.code_for(node), after=self.code_for(without_arg(node, rg))),
         )
-
-    def _without(self, node: cst.Call, rg: cst.Arg) -> str:
-        args = [a for a in node.args if a is not rg]
-        if args:
-            args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-        return self.code_for(node.with_changes(args=args))
-
-    def _later_backward(self, loop, node) -> bool:
-        line = self.line_of(node)
-        for c in walk_own(loop.body, cst.Call):
-            if c is node or self.line_of(c) < line:
-                continue
-            mc = method_call(c)
-            if mc and mc[1] == "backward" or torch_function(self, c) in _DIFFERENTIATE:
-                return True
-        return False
 
     def _rebuilt_in_iteration(self, loop, loss, line: int) -> Optional[Set[str]]:
         """When ``loss`` is computed in this iteration by a forward call and no graph built before the
@@ -129,7 +111,7 @@ class RetainGraphInTrainingLoop(Rule):
                     for name in names_in(t):
                         assigned.setdefault(name, []).append(n)
         targets = names_in(loop.target) if isinstance(loop, cst.For) else set()
-        todo = self._data_names(loss)
+        todo = data_names(loss)
         if not any(n in assigned and self.line_of(assigned[n][0]) < line for n in todo):
             return None  # the loss was computed before the loop
         seen, forward, carried = set(), False, set()
@@ -141,59 +123,17 @@ class RetainGraphInTrainingLoop(Rule):
             if name in assigned:
                 stmts = assigned[name]
                 for stmt in stmts:
-                    forward = forward or any(self._is_forward(c) for c in walk(stmt.value, cst.Call))
-                    todo.extend(self._data_names(stmt.value))
+                    forward = forward or any(runs_forward(self, c) for c in walk(stmt.value, cst.Call))
+                    todo.extend(data_names(stmt.value))
                 first = min(self.line_of(s) for s in stmts)
-                read_early = isinstance(stmts[0], cst.AugAssign) or name in self._data_names(stmts[0].value) or any(
-                    name in self._data_names(s) for s in walk_own(loop.body, cst.SimpleStatementLine) if self.line_of(s) < first)
-                if read_early and not any(self._detached(s.value) for s in stmts):
+                read_early = isinstance(stmts[0], cst.AugAssign) or name in data_names(stmts[0].value) or any(
+                    name in data_names(s) for s in walk_own(loop.body, cst.SimpleStatementLine) if self.line_of(s) < first)
+                if read_early and not any(detached_value(s.value) for s in stmts):
                     carried.add(name)
             elif name in targets:
                 if graph_reason(self, fn, scope, loop.iter) or model_sources(self, fn, loop.iter, set()):
                     return None  # iterating over outputs of one forward pass: a shared graph
             elif name != "self" and (graph_reason(self, fn, scope, cst.Name(name)) or any(
-                    self._is_forward(c) for v in assigned_values(self, fn, name) for c in walk(v, cst.Call))):
+                    runs_forward(self, c) for v in assigned_values(self, fn, name) for c in walk(v, cst.Call))):
                 return None  # part of the graph was built before the loop and is shared by every iteration
         return carried if forward else None
-
-    @staticmethod
-    def _detached(value) -> bool:
-        """``h.detach()``, ``h.item()``, ``Variable(h.data)``, ``total = 0``: no graph carried on."""
-        if isinstance(value, (cst.Integer, cst.Float)) or isinstance(value, cst.Attribute) and value.attr.value == "data":
-            return True
-        mc = method_call(value)
-        return bool(mc and mc[1] in ("detach", "item", "tolist", "numpy")) or isinstance(value, cst.Call) and bool(
-            value.args) and all(RetainGraphInTrainingLoop._detached(a.value) for a in value.args)
-
-    def _is_forward(self, call: cst.Call) -> bool:
-        """A call that runs a network or criterion: not a torch function, builtin or tensor method."""
-        if torch_function(self, call) is not None:
-            return "loss" in torch_function(self, call) or torch_function(self, call).endswith("cross_entropy")
-        last = (dotted_name(call.func) or "_").split(".")[-1]
-        if any(q.startswith(("builtins.", "numpy.", "math.")) for q in self.qnames(call.func)) or \
-                (last[:1].isupper() or last.startswith(MODEL_FACTORY_PREFIXES)) and "loss" not in last.lower():
-            return False  # a builtin, a constructor (``DataLoader(...)``) or a data/model factory
-        mc = method_call(call)
-        return not (mc and (mc[1] in TENSOR_METHODS or mc[1] in GRAPH_REDUCTIONS))
-
-    def _data_names(self, expr) -> List[str]:
-        """Names read as data in ``expr`` (not callees: ``model`` in ``model(x)``, ``self.net``)."""
-        out, stack = [], [expr]
-        while stack:
-            n = stack.pop()
-            if isinstance(n, cst.Name):
-                out.append(n.value)
-            elif isinstance(n, cst.Call):
-                mc = method_call(n)
-                if mc and (mc[1] in TENSOR_METHODS or mc[1] in GRAPH_REDUCTIONS):
-                    stack.append(mc[0])
-                elif not isinstance(n.func, (cst.Name, cst.Attribute)):
-                    stack.append(n.func)
-                stack.extend(a.value for a in n.args)
-            elif isinstance(n, cst.Attribute):
-                stack.append(n.value)
-            elif not isinstance(n, (cst.Lambda,)):
-                stack.extend(fast_children(n))
-        return out
-
-

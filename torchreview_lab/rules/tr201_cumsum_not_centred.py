@@ -1,29 +1,14 @@
 from __future__ import annotations
 
-from typing import Optional
-
 import libcst as cst
 
 from ..findings import Fix
-from ._knowledge import INTEGER_DTYPES, INTEGER_METHODS
-from ._torch import (
-    assigned_values,
-    function_facts,
-    names_in,
-    walk_own,
-    enclosing_function,
-    is_method_call,
-    kwarg,
-    method_call,
-    positional,
-    torch_function,
-    walk,
-)
+from ._flow import document_differences_subscripts, is_centred, returned_from
+from ._knowledge import EXACT_METHODS, EXACT_SOURCES, INTEGER_DTYPES, INTEGER_METHODS
+from ._torch import (assigned_name, assigned_values, enclosing_function, is_method_call, kwarg, method_call, positional,
+                     torch_function, walk)
 from .base import Invalid, Rule
 
-_CENTRING = {"mean", "median", "nanmean"}
-_EXACT_SOURCES = {"ones", "ones_like", "arange", "zeros", "zeros_like", "full", "randint", "bincount"}
-_EXACT_METHODS = {"new_ones", "new_zeros", "new_full"}
 _INTEGERISH_NAMES = ("mask", "length", "lens", "idx", "index", "count", "offset", "ids", "position")
 
 
@@ -83,7 +68,7 @@ class CumsumNotCentred(Rule):
             return
         fn = enclosing_function(self, node)
         if self._centred_or_exact(arg, fn, depth=0):
-            if self._centred(arg, fn, 0):
+            if is_centred(self, fn, arg):
                 self.observe("centred-cumsum", "Prefix sums are taken over zero-centred values (cumsum keeps float32 precision over long sequences).")
             return
         arg_code = self.code_for(arg)
@@ -107,23 +92,8 @@ class CumsumNotCentred(Rule):
         dt = kwarg(call, "dtype")
         return dt is not None and self.code_for(dt.value).replace(" ", "") in INTEGER_DTYPES
 
-    def _centred(self, expr, fn, depth) -> bool:
-        if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Subtract):
-            return any(self._is_centring_call(n) for n in walk(expr.right, cst.Call)) or (
-                isinstance(expr.right, cst.Name) and any(
-                    any(self._is_centring_call(n) for n in walk(v, cst.Call))
-                    for v in assigned_values(self, fn, expr.right.value)))
-        if isinstance(expr, cst.Name) and depth < 3:
-            vals = assigned_values(self, fn, expr.value)
-            return bool(vals) and all(self._centred(v, fn, depth + 1) for v in vals)
-        return False
-
-    def _is_centring_call(self, call: cst.Call) -> bool:
-        tf = torch_function(self, call)
-        return tf in _CENTRING or bool(is_method_call(self, call, _CENTRING))
-
     def _centred_or_exact(self, expr, fn, depth: int) -> bool:
-        if self._centred(expr, fn, depth):
+        if is_centred(self, fn, expr, depth):
             return True
         if isinstance(expr, cst.Comparison) or isinstance(expr, (cst.Integer,)):
             return True
@@ -133,9 +103,9 @@ class CumsumNotCentred(Rule):
                 return True
             if mc and mc[1] == "to" and any(self.code_for(a.value).replace(" ", "") in INTEGER_DTYPES for a in expr.args):
                 return True
-            if mc and (mc[1] == "double" or mc[1] in _EXACT_METHODS):
+            if mc and (mc[1] == "double" or mc[1] in EXACT_METHODS):
                 return True
-            if torch_function(self, expr) in _EXACT_SOURCES:
+            if torch_function(self, expr) in EXACT_SOURCES:
                 return True
         if isinstance(expr, cst.Name):
             if any(h in expr.value.lower() for h in _INTEGERISH_NAMES):
@@ -148,10 +118,7 @@ class CumsumNotCentred(Rule):
     def _differenced(self, node: cst.Call, fn) -> bool:
         """The prefix sums are differenced: here (``c[..] - c[..]``), or they are returned and the
         document subtracts two subscripts of one tensor (``cum[:, e] - cum[:, s]`` in a helper)."""
-        parent = self.parent(node)
-        name = None
-        if isinstance(parent, cst.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0].target, cst.Name):
-            name = parent.targets[0].target.value
+        name = assigned_name(self, node)
         scope = fn if fn is not None else self.ctx.module
         if name is not None:
             for b in walk(scope, cst.BinaryOperation):
@@ -160,29 +127,4 @@ class CumsumNotCentred(Rule):
                     right = {n.value for n in walk(b.right, cst.Name)}
                     if name in left and name in right:
                         return True
-        return fn is not None and self._returned(node, name, fn) and self._document_differences_prefixes()
-
-    def _returned(self, node: cst.Call, name, fn) -> bool:
-        if any(isinstance(a, cst.Return) for a in self.ancestors(node)):
-            return True
-        if name is None:
-            return False
-        flows = {name}
-        for _ in range(3):  # cum -> out = torch.cat([zero, cum]) -> return out
-            for var, values in function_facts(self, fn).assignments.items():
-                if any(names_in(v) & flows for v in values):
-                    flows.add(var)
-        return any(r.value is not None and names_in(r.value) & flows for r in walk_own(fn.body, cst.Return))
-
-    def _document_differences_prefixes(self) -> bool:
-        key = ("prefix-differences",)
-        if key not in self.ctx.cache:
-            found = False
-            for b in walk(self.ctx.module, cst.BinaryOperation):
-                if (isinstance(b.operator, cst.Subtract) and isinstance(b.left, cst.Subscript)
-                        and isinstance(b.right, cst.Subscript)
-                        and self.code_for(b.left.value) == self.code_for(b.right.value)):
-                    found = True
-                    break
-            self.ctx.cache[key] = found
-        return self.ctx.cache[key]
+        return fn is not None and returned_from(self, node, name, fn) and document_differences_subscripts(self)

@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-from typing import Optional
-
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import const_int, in_no_grad
-from ._torch import (assigned_values, enclosing_function, is_method_call, kwarg, method_call, positional, torch_function,
-                     walk, walk_own)
+from ._flow import in_no_grad, sum_of_squares
+from ._torch import (assigned_name, assigned_values, atom_code, enclosing_function, is_method_call, kwarg, method_call,
+                     positional, torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
-_SUMS = frozenset({"sum", "mean", "nansum", "nanmean"})
 # Uses of a distance that only rank, select or report it: no gradient flows through them.
 _RANKING = frozenset({"argsort", "argmin", "argmax", "sort", "topk", "kthvalue", "item", "tolist", "numpy", "detach"})
 # Functions named like an evaluation metric or a comparison are not differentiated.
@@ -74,9 +71,7 @@ class SqrtOfPossiblyZero(Rule):
             self._check(node, arg, f"{self.code_for(node.func)}({self.code_for(arg)} + 1e-12)")
         elif is_method_call(self, node, {"sqrt"}) and not node.args:
             arg = method_call(node)[0]
-            recv = self.code_for(arg) if isinstance(arg, (cst.Name, cst.Call, cst.Attribute, cst.Subscript)) \
-                else f"({self.code_for(arg)})"
-            self._check(node, arg, f"{recv}.clamp_min(1e-12).sqrt()")
+            self._check(node, arg, f"{atom_code(self, arg)}.clamp_min(1e-12).sqrt()")
 
     def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
         # s ** 0.5, when the squares or the sum are torch ops (``.pow(2)``, ``dim=``, ``torch.sum``)
@@ -96,7 +91,7 @@ class SqrtOfPossiblyZero(Rule):
         if in_no_grad(self, node) or fn is not None and any(h in fn.name.value.lower() for h in _METRIC_HINTS) \
                 and "loss" not in fn.name.value.lower() or self._made_a_number(node):
             return
-        what = self._sum_of_squares(fn, arg)
+        what = sum_of_squares(self, fn, arg)
         if what is None:
             return
         self.report(
@@ -112,10 +107,9 @@ class SqrtOfPossiblyZero(Rule):
     def _made_a_number(self, node) -> bool:
         """``torch.sqrt(...).item()`` / ``float(torch.sqrt(...))``, or ``d = torch.sqrt(...)`` used only to rank
         or compare (``argsort(d)``, ``d < r``): a reported or ranked value, not differentiated."""
-        p = self.parent(node)
-        if isinstance(p, cst.Assign) and len(p.targets) == 1 and isinstance(p.targets[0].target, cst.Name):
-            name, line = p.targets[0].target.value, self.line_of(p)
-            fn = enclosing_function(self, node)
+        p, name = self.parent(node), assigned_name(self, node)
+        if name is not None:
+            line, fn = self.line_of(p), enclosing_function(self, node)
             uses = [n for n in walk_own(fn.body if fn is not None else self.ctx.module, cst.Name)
                     if n.value == name and self.line_of(n) > line and not isinstance(self.parent(n), cst.AssignTarget)]
             return bool(uses) and all(self._ranked(u) for u in uses)
@@ -133,47 +127,3 @@ class SqrtOfPossiblyZero(Rule):
         call = self.parent(p) if isinstance(p, cst.Arg) else None
         return isinstance(call, cst.Call) and ((torch_function(self, call) or "").split(".")[-1] in _RANKING
                                                or bool(self.qnames(call.func) & {"builtins.float", "builtins.print"}))
-
-    def _sum_of_squares(self, fn, expr, depth: int = 0) -> Optional[str]:
-        """A description when ``expr`` is a sum/mean of squares (or a sum of such terms); None otherwise."""
-        if depth > 4:
-            return None
-        if isinstance(expr, cst.Name):
-            vals = assigned_values(self, fn, expr.value)
-            inner = self._sum_of_squares(fn, vals[0], depth + 1) if len(vals) == 1 else None
-            return f"`{expr.value}`, {inner}" if inner else None
-        if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Add):
-            left, right = (self._sum_of_squares(fn, side, depth + 1) or self._square(fn, side)
-                           for side in (expr.left, expr.right))
-            return "a sum of squares" if left and right else None
-        if isinstance(expr, cst.Call):
-            tf = torch_function(self, expr)
-            if tf in _SUMS and positional(expr):
-                inner = positional(expr)[0].value
-            elif tf is None and is_method_call(self, expr, _SUMS):
-                inner = method_call(expr)[0]
-            else:
-                return None
-            return "a sum of squares" if self._square(fn, inner) else None
-        return None
-
-    def _square(self, fn, expr, depth: int = 0) -> bool:
-        """``y ** 2``, ``y.pow(2)``, ``torch.pow(y, 2)``, ``y.square()``, ``torch.square(y)``, ``y * y``."""
-        if isinstance(expr, cst.Name) and depth < 3:
-            vals = assigned_values(self, fn, expr.value)
-            return len(vals) == 1 and self._square(fn, vals[0], depth + 1)
-        if isinstance(expr, cst.BinaryOperation):
-            if isinstance(expr.operator, cst.Power):
-                return const_int(expr.right) == 2
-            if isinstance(expr.operator, cst.Multiply):
-                return self.code_for(expr.left) == self.code_for(expr.right) and not isinstance(expr.left, (cst.Integer, cst.Float))
-            return False
-        if isinstance(expr, cst.Call):
-            tf = torch_function(self, expr)
-            if tf == "square" or is_method_call(self, expr, {"square"}) and not expr.args:
-                return True
-            if tf == "pow" and len(expr.args) == 2:
-                return const_int(expr.args[1].value) == 2
-            if is_method_call(self, expr, {"pow"}) and len(expr.args) == 1:
-                return const_int(expr.args[0].value) == 2
-        return False

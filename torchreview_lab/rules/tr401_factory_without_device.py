@@ -1,24 +1,16 @@
 from __future__ import annotations
 
-from typing import Optional, Set
+from typing import Set
 
 import libcst as cst
 
 from ..findings import Fix
-from ._knowledge import TENSOR_FACTORIES
-from ._torch import (
-    enclosing_function,
-    function_facts,
-    kwarg,
-    method_call,
-    names_in,
-    positional,
-    torch_function,
-    walk_own,
-)
+from ._context import under_device_context
+from ._flow import combined_with
+from ._knowledge import DEVICE_MOVES, TENSOR_FACTORIES
+from ._torch import (assigned_name, enclosing_function, function_facts, kwarg, names_in, positional, torch_function,
+                     with_keyword)
 from .base import Invalid, Rule
-
-_MOVES = {"to", "cuda", "type_as", "to_dense"}
 
 
 class FactoryWithoutDevice(Rule):
@@ -75,13 +67,14 @@ class FactoryWithoutDevice(Rule):
         facts = function_facts(self, fn)
         if not facts.tensor_params:
             return
-        if self._moved_immediately(node) or self._under_device_context(node):
+        if self._moved_immediately(node) or under_device_context(self, node):
             return
         if fname == "tensor" and self._scalar_tensor(node):
             severity, how = "low", "a 0-dim scalar tensor (broadcasts from the CPU, but still a host->device copy)"
         else:
-            target = self._target(node)
-            combined = self._combined(fn, target, facts.derived) if target else self._inline_combined(node, facts.derived)
+            target = assigned_name(self, node)
+            combined = combined_with(self, fn, target, facts.derived - {target}) if target \
+                else self._inline_combined(node, facts.derived)
             severity = None if combined else "medium"
             how = "combined with an input tensor" if combined else "created on the default device"
         inputs = ", ".join(sorted(facts.tensor_params))
@@ -93,19 +86,9 @@ class FactoryWithoutDevice(Rule):
             impact=("On a GPU this raises 'Expected all tensors to be on the same device' or copies host->device "
                     "every call; CPU-only tests cannot catch it."),
             fix=Fix(before=self.code_for(node),
-                    after=self._with_device(node, ref)),
+                    after=self.code_for(with_keyword(node, "device", cst.parse_expression(f"{ref}.device")))),
             severity=severity,
         )
-
-    def _with_device(self, node: cst.Call, ref: str) -> str:
-        new_args = list(node.args)
-        if new_args:
-            last = new_args[-1]
-            new_args[-1] = last.with_changes(comma=cst.MaybeSentinel.DEFAULT)
-        new_args.append(cst.Arg(keyword=cst.Name("device"), value=cst.parse_expression(f"{ref}.device"),
-                                equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
-                                                      whitespace_after=cst.SimpleWhitespace(""))))
-        return self.code_for(node.with_changes(args=new_args))
 
     def _scalar_tensor(self, node: cst.Call) -> bool:
         pos = positional(node)
@@ -114,49 +97,12 @@ class FactoryWithoutDevice(Rule):
 
     def _moved_immediately(self, node: cst.Call) -> bool:
         p = self.parent(node)
-        if isinstance(p, cst.Attribute) and p.attr.value in _MOVES:
+        if isinstance(p, cst.Attribute) and p.attr.value in DEVICE_MOVES:
             return True
         return False
-
-    def _under_device_context(self, node: cst.Call) -> bool:
-        for a in self.ancestors(node):
-            if isinstance(a, cst.With):
-                for item in a.items:
-                    if isinstance(item.item, cst.Call) and torch_function(self, item.item) == "device":
-                        return True
-            if isinstance(a, cst.FunctionDef):
-                return False
-        return False
-
-    def _target(self, node: cst.Call) -> Optional[str]:
-        p = self.parent(node)
-        if isinstance(p, cst.Assign) and len(p.targets) == 1 and isinstance(p.targets[0].target, cst.Name):
-            return p.targets[0].target.value
-        return None
 
     def _inline_combined(self, node: cst.Call, derived: Set[str]) -> bool:
         p = self.parent(node)
         if isinstance(p, (cst.BinaryOperation, cst.Comparison)):
             return bool(names_in(p) & derived)
-        return False
-
-    def _combined(self, fn: cst.FunctionDef, name: str, derived: Set[str]) -> bool:
-        for n in walk_own(fn.body):
-            if isinstance(n, cst.BinaryOperation):
-                sides = (n.left, n.right)
-                for a, b in (sides, sides[::-1]):
-                    if name in names_in(a) and names_in(b) & (derived - {name}):
-                        return True
-            elif isinstance(n, cst.Assign):
-                for t in n.targets:
-                    tgt = t.target
-                    if isinstance(tgt, cst.Subscript) and isinstance(tgt.value, cst.Name) and tgt.value.value == name:
-                        if names_in(n.value) & (derived - {name}):
-                            return True
-            elif isinstance(n, cst.Call) and torch_function(self, n) in {"cat", "stack", "where", "matmul", "bmm", "einsum"}:
-                args = set()
-                for a in n.args:
-                    args |= names_in(a.value)
-                if name in args and args & (derived - {name}):
-                    return True
         return False

@@ -1,25 +1,14 @@
 from __future__ import annotations
 
-from typing import Dict, List, Set
+from typing import Set
 
 import libcst as cst
 
 from ..findings import Fix
-from ._context import self_attribute_values
-from ._flow import canonical_size, comment_and_doc_text, documented_shapes, upper_bounds
-from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
-from ._torch import (
-    assigned_values,
-    dotted_name,
-    enclosing_class,
-    enclosing_function,
-    enclosing_loops,
-    function_facts,
-    loop_targets,
-    names_in,
-    torch_function,
-)
-from .tr101_materialized_loop_tensor import shape_dims
+from ._context import under_test_of
+from ._flow import attribute_dim_sizes, canonical_size, doc_shapes, upper_bounds
+from ._loops import loop_derived
+from ._torch import assigned_values, enclosing_function, function_facts, names_in, source_names
 from .base import Invalid, Rule
 
 
@@ -92,7 +81,8 @@ class IndexReachesSize(Rule):
             bounds = upper_bounds(self, fn, node, idx)
             if not bounds or not all(s in sizes and off >= 0 for s, off in bounds):
                 continue
-            if self._guarded(node, idx, fn) or not self._loop_derived(node, idx, fn):
+            guard_names = names_in(idx) | source_names(self, fn, idx)  # the index's names, one assignment back
+            if under_test_of(self, node, guard_names) or not loop_derived(self, node, idx, fn):
                 continue
             worst = max(off for _, off in bounds)
             size_txt = sorted(sizes, key=len)[0]
@@ -119,83 +109,16 @@ class IndexReachesSize(Rule):
 
     def _sizes(self, fn, arr, dim: int) -> Set[str]:
         arr_code = self.code_for(arr)
-        docs = self._doc_shapes(fn)
+        docs = doc_shapes(self, fn)
         n_assign = len(assigned_values(self, fn, arr.value)) if isinstance(arr, cst.Name) else 0
         is_param = fn is not None and isinstance(arr, cst.Name) and arr.value in function_facts(self, fn).params
         reassigned = n_assign > 0
         if n_assign >= 2 or (is_param and n_assign):
             return set()  # x = F.pad(x, ...): sizes read before and after differ
-        out: Set[str] = {f"{arr_code}.shape[{dim}]"} | self._attribute_sizes(arr, dim)
+        out: Set[str] = {f"{arr_code}.shape[{dim}]"} | attribute_dim_sizes(self, arr, dim)
         if arr_code in docs and not reassigned:
             dims = docs[arr_code]
             if dim < len(dims) and dims[dim] != "?" and not dims[dim].isdigit():
                 out.add(canonical_size(self, fn, cst.Name(dims[dim])))
                 out.add(dims[dim])
-        return out
-
-    def _attribute_sizes(self, arr, dim: int) -> Set[str]:
-        """Sizes of ``self.table``'s dimension ``dim`` from the class that builds it, e.g.
-        ``self.duration = nn.Parameter(torch.randn(max_duration, C))`` gives ``max_duration`` and every
-        ``self.K = max_duration`` alias of it."""
-        if not (isinstance(arr, cst.Attribute) and isinstance(arr.value, cst.Name) and arr.value.value == "self"):
-            return set()
-        cls = enclosing_class(self, arr)
-        if cls is None:
-            return set()
-        assigns = self_attribute_values(self, cls)
-        values = assigns.get(arr.attr.value, [])
-        if len(values) != 1:
-            return set()
-        v = values[0]
-        while isinstance(v, cst.Call) and (dotted_name(v.func) or "").split(".")[-1] == "Parameter" and v.args:
-            v = v.args[0].value
-        fname = torch_function(self, v) if isinstance(v, cst.Call) else None
-        dims = shape_dims(self, v, fname) if fname in SHAPE_FACTORIES or fname in SIZE_ARG_POSITION else None
-        if not dims or dim >= len(dims):
-            return set()
-        size = self.code_for(dims[dim]).replace(" ", "")
-        if size.isdigit():
-            return set()
-        out = {size}
-        for name, vals in assigns.items():
-            if len(vals) == 1 and self.code_for(vals[0]).replace(" ", "") == size:
-                out.add(f"self.{name}")
-        return out
-
-    def _doc_shapes(self, fn) -> Dict[str, List[str]]:
-        key = ("doc-shapes", id(fn))
-        if key not in self.ctx.cache:
-            node = fn if fn is not None else self.ctx.module
-            self.ctx.cache[key] = documented_shapes(comment_and_doc_text(self, node)) if node is not None else {}
-        return self.ctx.cache[key]
-
-    def _guarded(self, node, idx, fn) -> bool:
-        """An enclosing ``if``/``while``/conditional expression tests a name of the index."""
-        names = names_in(idx) | self._source_names(idx, fn)
-        for a in self.ancestors(node):
-            if isinstance(a, (cst.If, cst.While, cst.IfExp)) and names_in(a.test) & names:
-                return True
-            if isinstance(a, cst.FunctionDef):
-                break
-        return False
-
-    def _loop_derived(self, node, idx, fn) -> bool:
-        targets: Set[str] = set()
-        for lp in enclosing_loops(self, node):
-            targets |= loop_targets(lp)
-        names, frontier = set(), names_in(idx)
-        for _ in range(4):
-            names |= frontier
-            nxt: Set[str] = set()
-            for n in frontier:
-                for v in assigned_values(self, fn, n):
-                    nxt |= names_in(v)
-            frontier = nxt - names
-        return bool(names & targets)
-
-    def _source_names(self, idx, fn) -> Set[str]:
-        out: Set[str] = set()
-        for n in names_in(idx):
-            for v in assigned_values(self, fn, n):
-                out |= names_in(v)
         return out

@@ -5,7 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import comment_and_doc_text, documented_shapes
+from ._flow import doc_shapes
 from ._knowledge import SHAPE_FACTORIES
 from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function
 from .base import Invalid, Rule
@@ -107,16 +107,9 @@ class TensorTruthiness(Rule):
                 return f"the slice `{self.code_for(e)}`"
             return None
         if isinstance(e, cst.Name):
-            if not predicate and e.value in self._doc_shapes(fn) and len(self._doc_shapes(fn)[e.value]) >= 1:
-                return f"`{e.value}`, documented as ({', '.join(self._doc_shapes(fn)[e.value])})"
+            if not predicate and e.value in doc_shapes(self, fn) and len(doc_shapes(self, fn)[e.value]) >= 1:
+                return f"`{e.value}`, documented as ({', '.join(doc_shapes(self, fn)[e.value])})"
             vals = assigned_values(self, fn, e.value)
             if len(vals) == 1:
                 return self._multi(vals[0], fn, depth + 1, predicate)
         return None
-
-    def _doc_shapes(self, fn):
-        key = ("doc-shapes", id(fn))
-        if key not in self.ctx.cache:
-            node = fn if fn is not None else self.ctx.module
-            self.ctx.cache[key] = documented_shapes(comment_and_doc_text(self, node)) if node is not None else {}
-        return self.ctx.cache[key]

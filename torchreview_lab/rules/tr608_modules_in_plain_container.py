@@ -1,27 +1,16 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional
 
 import libcst as cst
 
 from ..findings import Fix
-from ._context import is_module_class
-from ._torch import assigned_values, dotted_name, names_in, source_text, torch_function, walk, walk_own
+from ._context import init_methods, is_module_class, module_kind, self_attribute_assignments
+from ._flow import values_added
+from ._knowledge import NON_RETAINING_BUILTINS, REGISTERING_CALLS, REGISTERING_CONTAINERS
+from ._torch import (assigned_values, container_elements, container_kind, dotted_name, names_in, nn_prefix, source_text,
+                     walk_own)
 from .base import Invalid, Rule
-
-_NOT_MODULES = ("nn.functional.", "nn.init.", "nn.utils.", "nn.attention.", "nn.grad.", "nn.common_types.")
-_NON_MODULE_CLASSES = frozenset({"Buffer", "UninitializedBuffer", "UninitializedParameter"})
-_REGISTERS = frozenset({"add_module", "register_module", "register_parameter", "setattr"})
-_HARMLESS = frozenset(f"builtins.{h}" for h in ("len", "enumerate", "zip", "reversed", "iter", "isinstance", "print",
-                                                 "range", "str", "repr", "min", "max"))
-# Modules without parameters, buffers or a train/eval difference: losing them from registration changes nothing.
-_STATELESS = re.compile(r"(ReLU6?|LeakyReLU|R?ReLU|GELU|SiLU|Mish|C?ELU|SELU|GLU|Tanh|Sigmoid|LogSigmoid|Softmax2?d?|LogSoftmax"
-                        r"|Softmin|Softplus|Softsign|Hardtanh|Hardswish|Hardsigmoid|Tanhshrink|Softshrink|Hardshrink|Threshold"
-                        r"|Identity|Flatten|Unflatten|(Adaptive)?(Max|Avg)Pool[123]d|Upsample\w*|Pixel(Un)?Shuffle"
-                        r"|(Zero|Constant|Reflection|Replication|Circular)Pad[123]d)")
-_WRAPPER = {("list", "module"): "ModuleList", ("dict", "module"): "ModuleDict",
-            ("list", "param"): "ParameterList", ("dict", "param"): "ParameterDict"}
 
 
 class ModulesInPlainContainer(Rule):
@@ -85,22 +74,12 @@ class ModulesInPlainContainer(Rule):
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         if not is_module_class(self, node):
             return
-        methods = {s.name.value: s for s in walk_own(node.body, cst.FunctionDef)}
-        if "__init__" not in methods:
+        scope = init_methods(self, node)  # __init__ and the helpers it calls (self._build())
+        if not scope:
             return
-        init = methods["__init__"]  # and the helpers it calls (self._build())
-        helpers = set(methods) - {"__init__"}
-        scope = [init] + [methods[c.func.attr.value] for c in walk_own(init.body, cst.Call)
-                          if isinstance(c.func, cst.Attribute) and dotted_name(c.func.value) == "self"
-                          and c.func.attr.value in helpers]
-        assigns: Dict[str, List[cst.BaseExpression]] = {}
-        for a in walk(node.body, (cst.Assign, cst.AnnAssign)):
-            for t in ([t.target for t in a.targets] if isinstance(a, cst.Assign) else [a.target]):
-                if isinstance(t, cst.Attribute) and dotted_name(t.value) == "self" and a.value is not None:
-                    assigns.setdefault(t.attr.value, []).append((a.value, a))
         owner = {id(a): fn for fn in scope for a in walk_own(fn.body, (cst.Assign, cst.AnnAssign))}
-        for attr, values in assigns.items():
-            if any(self._container(v) is None for v, _ in values):
+        for attr, values in self_attribute_assignments(self, node).items():
+            if any(container_kind(self, v) is None for v, _ in values):
                 continue  # also assigned an nn.ModuleList (or anything else) somewhere
             for v, a in values:
                 if id(a) in owner:
@@ -113,17 +92,18 @@ class ModulesInPlainContainer(Rule):
             if len(vals) != 1:
                 return
             target, where, container = value.value, [fn], vals[0]
-        kind = self._container(container)
-        added = self._added(target, where)
-        elements = self._elements(container) + added
+        kind = container_kind(self, container)
+        added = values_added(self, target, where)
+        elements = container_elements(container) + added
         if kind in (None, "name") or self._registered(target, where, elements):
             return
-        kinds = [self._element_kind(e, fn) for e in elements]
+        kinds = [module_kind(self, fn, e) for e in elements]
         found = {k for k in kinds if k} - {"stateless"}
         if not found:
             return  # no modules, or only activations/pooling that hold nothing to register
-        wrapper = _WRAPPER.get(("dict" if kind == "dict" else "list", next(iter(found)))) if len(found) == 1 else None
-        prefix = self._nn_prefix()
+        wrapper = REGISTERING_CONTAINERS.get(("dict" if kind == "dict" else "list", next(iter(found)))) \
+            if len(found) == 1 else None
+        prefix = nn_prefix(self)
         safe = bool(wrapper and prefix and all(kinds)) and (wrapper.startswith("Module") or "stateless" not in kinds) \
             and not isinstance(container, cst.BinaryOperation) \
             and (kind != "dict" or self._string_keys(container, target, where)) \
@@ -143,38 +123,6 @@ class ModulesInPlainContainer(Rule):
             replacement=cst.Call(cst.parse_expression(new), [] if empty else [cst.Arg(value)]) if safe else None,
         )
 
-    def _container(self, v) -> Optional[str]:
-        if isinstance(v, (cst.List, cst.ListComp)) or isinstance(v, cst.BinaryOperation) and isinstance(v.left, cst.List):
-            return "list"
-        if isinstance(v, (cst.Dict, cst.DictComp, cst.Tuple)):
-            return "tuple" if isinstance(v, cst.Tuple) else "dict"
-        if isinstance(v, cst.Call) and not v.args and self.qnames(v.func) & {"builtins.list", "builtins.dict"}:
-            return "list" if "builtins.list" in self.qnames(v.func) else "dict"
-        return "name" if isinstance(v, cst.Name) else None
-
-    def _elements(self, v) -> List[cst.BaseExpression]:
-        v = v.left if isinstance(v, cst.BinaryOperation) else v
-        if isinstance(v, (cst.List, cst.Tuple, cst.Dict)):
-            return [e.value for e in v.elements]
-        return [v.elt] if isinstance(v, cst.ListComp) else [v.value] if isinstance(v, cst.DictComp) else []
-
-    def _added(self, target: str, scope) -> List[cst.BaseExpression]:
-        """Values put into ``target`` by ``.append(x)``, ``.extend([...])``, ``.insert(i, x)``, ``[k] = x``, ``+= [...]``."""
-        out: List[cst.BaseExpression] = []
-        for n in (n for fn in scope for n in walk_own(fn.body, (cst.Call, cst.Assign, cst.AugAssign))):
-            if isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute) and n.args \
-                    and self.code_for(n.func.value) == target:
-                if n.func.attr.value in ("append", "insert"):
-                    out.append(n.args[-1].value)
-                elif n.func.attr.value in ("extend", "update"):
-                    out.extend(self._elements(n.args[0].value) or [n.args[0].value])
-            elif isinstance(n, cst.Assign) and any(isinstance(t.target, cst.Subscript)
-                                                   and self.code_for(t.target.value) == target for t in n.targets):
-                out.append(n.value)
-            elif isinstance(n, cst.AugAssign) and self.code_for(n.target) == target:
-                out.extend(self._elements(n.value) or [n.value])
-        return out
-
     def _registered(self, target: str, scope, elements) -> bool:
         """The elements reach nn.Module another way: ``target`` handed to a call (``nn.Sequential(*self.layers)``),
         or ``add_module``/``setattr`` applied to them (or inside a loop over ``target``)."""
@@ -182,38 +130,14 @@ class ModulesInPlainContainer(Rule):
         names = {e.value for e in elements if isinstance(e, cst.Name)}
         for fn in scope:
             for c in walk_own(fn.body, cst.Call):
-                if not self.qnames(c.func) & _HARMLESS and any(mention.search(self.code_for(a.value)) for a in c.args):
+                if not self.qnames(c.func) & NON_RETAINING_BUILTINS \
+                        and any(mention.search(self.code_for(a.value)) for a in c.args):
                     return True
-                if (dotted_name(c.func) or "").split(".")[-1] in _REGISTERS and (
+                if (dotted_name(c.func) or "").split(".")[-1] in REGISTERING_CALLS and (
                         any(names_in(a.value) & names for a in c.args) or any(
                         isinstance(a, cst.For) and mention.search(self.code_for(a.iter)) for a in self.ancestors(c))):
                     return True
         return False
-
-    def _element_kind(self, e, fn) -> Optional[str]:
-        if isinstance(e, cst.Name):
-            vals = assigned_values(self, fn, e.value)
-            e = vals[0] if len(vals) == 1 else e
-        if not isinstance(e, cst.Call):
-            return None
-        tf = torch_function(self, e)
-        if tf is not None:
-            last = tf.rsplit(".", 1)[-1]
-            if not tf.startswith("nn.") or tf.startswith(_NOT_MODULES) or not last[:1].isupper() \
-                    or last in _NON_MODULE_CLASSES:
-                return None
-            return "param" if last == "Parameter" else "stateless" if _STATELESS.fullmatch(last) else "module"
-        if isinstance(e.func, cst.Name) and self._local_module_class(e.func.value):
-            return "module"
-        return None
-
-    def _local_module_class(self, name: str) -> bool:
-        key = ("tr608-classes",)
-        if key not in self.ctx.cache:
-            self.ctx.cache[key] = {} if self.ctx.module is None else {
-                c.name.value: c for c in walk(self.ctx.module, cst.ClassDef)}
-        cls = self.ctx.cache[key].get(name)
-        return cls is not None and name not in self.ctx.names.aliases and is_module_class(self, cls)
 
     def _string_keys(self, container, target: str, scope) -> bool:
         keys = [getattr(e, "key", None) for e in container.elements] if isinstance(container, cst.Dict) else (
@@ -224,8 +148,3 @@ class ModulesInPlainContainer(Rule):
                          and self.code_for(t.target.value) == target and isinstance(t.target.slice[0].slice, cst.Index)]
         return all(isinstance(k, cst.FormattedString) or isinstance(k, cst.SimpleString) and "." not in k.value
                    and len(k.evaluated_value) > 0 for k in keys)
-
-    def _nn_prefix(self) -> Optional[str]:
-        aliases = self.ctx.names.aliases
-        return next((k for k, v in aliases.items() if v == "torch.nn"), None) or \
-            next((f"{k}.nn" for k, v in aliases.items() if v == "torch"), None)

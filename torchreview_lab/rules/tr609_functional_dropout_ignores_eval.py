@@ -6,7 +6,7 @@ import libcst as cst
 
 from ._context import is_module_class
 from ..findings import Fix
-from ._torch import kwarg, positional, source_text, torch_function, walk_own
+from ._torch import kwarg, positional, source_text, torch_function, walk_own, with_arg_value
 from .base import Invalid, Rule
 
 # torch function -> (name of the mode flag, its position, the flag may be omitted (defaults to True))
@@ -112,7 +112,7 @@ class FunctionalDropoutIgnoresEval(Rule):
                                            cst.Arg(keyword=cst.Name(flag_name), value=mode)])
         else:
             after = source_text(self, node, [(flag.value, f"{me}.training")])
-            repl = node.with_changes(args=[a.with_changes(value=mode) if a is flag else a for a in node.args])
+            repl = with_arg_value(node, flag, mode)
         explicit = flag is not None and flag.keyword is not None  # ``training=True`` spelled out: no autofix
         call = source_text(self, node)
         call = call if "\n" not in call else f"{self.code_for(node.func)}(...)"

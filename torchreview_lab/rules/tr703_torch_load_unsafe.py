@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ._torch import kwarg, torch_function
+from ._torch import kwarg, torch_function, with_keyword
 from .base import Invalid, Rule
 
 
@@ -53,13 +53,7 @@ class TorchLoadWithoutWeightsOnly(Rule):
         if wo is not None and not (isinstance(wo.value, cst.Name) and wo.value.value == "False"):
             return
         if wo is None:
-            new_args = list(node.args)
-            if new_args:
-                new_args[-1] = new_args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-            new_args.append(cst.Arg(keyword=cst.Name("weights_only"), value=cst.Name("True"),
-                                    equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
-                                                          whitespace_after=cst.SimpleWhitespace(""))))
-            replacement = node.with_changes(args=new_args)
+            replacement = with_keyword(node, "weights_only", cst.Name("True"))
             problem = f"`{self.code_for(node)}` does not pass `weights_only=True`."
         else:
             replacement = None

@@ -7,9 +7,9 @@ import libcst as cst
 from ..findings import Fix
 from ._flow import canonical_size
 from ._knowledge import SHAPE_FACTORIES
-from ._torch import assigned_values, dotted_name, enclosing_function, kwarg, method_call, positional, torch_function, walk
+from ._torch import (assigned_values, dotted_name, enclosing_function, kwarg, method_call, positional, shape_dims,
+                     torch_function, walk)
 from .base import Invalid, Rule
-from .tr101_materialized_loop_tensor import shape_dims
 
 _STRUCT_METHODS = {"marginals", "logpartition", "sum", "partition", "argmax", "entropy"}
 

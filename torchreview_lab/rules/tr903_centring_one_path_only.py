@@ -5,10 +5,9 @@ from typing import Dict, List, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
+from ._flow import is_centring_call
 from ._torch import assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function, walk
 from .base import Invalid, Rule
-
-_CENTRING = {"mean", "nanmean", "median"}
 
 
 class CentringOnePathOnly(Rule):
@@ -83,7 +82,7 @@ class CentringOnePathOnly(Rule):
     def _quantity(self, arg, fn, depth: int = 0) -> Optional[Tuple[str, bool]]:
         """(name of the accumulated quantity, centred?)"""
         if isinstance(arg, cst.BinaryOperation) and isinstance(arg.operator, cst.Subtract) and isinstance(arg.left, cst.Name):
-            if any(torch_function(self, c) in _CENTRING or is_method_call(self, c, _CENTRING) for c in walk(arg.right, cst.Call)):
+            if any(is_centring_call(self, c) for c in walk(arg.right, cst.Call)):
                 return arg.left.value, True
             return None
         if isinstance(arg, cst.Name):
