@@ -393,3 +393,18 @@ def doc_assigned_names(module: cst.Module) -> Set[str]:
                             if name:
                                 out.add(name)
     return out
+
+
+def only_in_mode(rule, node: cst.CSTNode, method: cst.FunctionDef, mode: str) -> bool:
+    """``node`` only runs when ``mode`` (e.g. ``self.training``) is true: under ``if self.training:`` (or an
+    ``IfExp``), or after ``if not self.training: return ...`` at the top of ``method``."""
+    for a in rule.ancestors(node):
+        if a is method:
+            break
+        if isinstance(a, (cst.If, cst.IfExp, cst.While)) and mode in rule.code_for(a.test):
+            return True
+    for stmt in walk_own(method.body, cst.If):
+        if mode in rule.code_for(stmt.test) and rule.line_of(stmt) < rule.line_of(node) and any(
+                isinstance(s, (cst.Return, cst.Raise)) for s in walk_own(stmt.body)):
+            return True
+    return False

@@ -5,9 +5,9 @@ from typing import Dict, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
+from ._syncs import sync_method
 from ._torch import in_loop_body, module_functions, walk_own
 from .base import Invalid, Rule
-from .tr404_sync_in_loop import sync_method
 
 
 class SyncViaHelperInLoop(Rule):

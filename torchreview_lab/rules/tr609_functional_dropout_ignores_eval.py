@@ -4,9 +4,9 @@ from typing import Optional
 
 import libcst as cst
 
-from ._context import is_module_class
 from ..findings import Fix
-from ._torch import kwarg, positional, source_text, torch_function, walk_own, with_arg_value
+from ._context import is_module_class, only_in_mode
+from ._torch import kwarg, positional, source_text, torch_function, with_arg_value
 from .base import Invalid, Rule
 
 # torch function -> (name of the mode flag, its position, the flag may be omitted (defaults to True))
@@ -90,7 +90,7 @@ class FunctionalDropoutIgnoresEval(Rule):
         if method is None:
             return
         me = method.params.params[0].name.value
-        if self._guarded(node, method, f"{me}.training"):
+        if only_in_mode(self, node, method, f"{me}.training"):
             return
         flag = kwarg(node, flag_name)
         pos = positional(node)
@@ -128,20 +128,6 @@ class FunctionalDropoutIgnoresEval(Rule):
             fix=Fix(before=source_text(self, node), after=after),
             replacement=None if explicit else repl,
         )
-
-    def _guarded(self, node, method: cst.FunctionDef, mode: str) -> bool:
-        """``node`` only runs in training mode: under ``if self.training:`` (or an ``IfExp``), or after
-        ``if not self.training: return ...`` at the top of the method."""
-        for a in self.ancestors(node):
-            if a is method:
-                break
-            if isinstance(a, (cst.If, cst.IfExp, cst.While)) and mode in self.code_for(a.test):
-                return True
-        for stmt in walk_own(method.body, cst.If):
-            if mode in self.code_for(stmt.test) and self.line_of(stmt) < self.line_of(node) and any(
-                    isinstance(s, (cst.Return, cst.Raise)) for s in walk_own(stmt.body)):
-                return True
-        return False
 
     def _module_method(self, node: cst.CSTNode) -> Optional[cst.FunctionDef]:
         """The method (of an nn.Module subclass, with a ``self``) whose body holds ``node``."""
