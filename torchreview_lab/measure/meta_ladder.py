@@ -65,14 +65,17 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.perf_counter())
 
 
-def _predicted_seconds(runs: List[MetaRun], size: int) -> float:
-    """Seconds of a meta run at ``size``: the op count's growth between the two largest runs carried
-    to ``size``, at the seconds per op the largest run took."""
+def _predicted_ops(runs: List[MetaRun], size: int) -> float:
+    """Ops of a meta run at ``size``: the op count's growth between the two largest runs, carried on."""
     a, b = runs[-2], runs[-1]
     ops_a, ops_b = max(1, a.ops), max(1, b.ops)
     growth = max(0.0, math.log(ops_b / ops_a) / math.log(b.size / a.size))
-    ops = ops_b * (size / b.size) ** growth
-    return ops * (b.seconds / ops_b)
+    return ops_b * (size / b.size) ** growth
+
+
+def _predicted_seconds(runs: List[MetaRun], size: int) -> float:
+    """Seconds of a meta run at ``size``, at the seconds per op the largest run took."""
+    return _predicted_ops(runs, size) * runs[-1].seconds / max(1, runs[-1].ops)
 
 
 def _extrapolate(runs: List[MetaRun], size: int, predicted: float) -> MetaRun:
@@ -80,7 +83,7 @@ def _extrapolate(runs: List[MetaRun], size: int, predicted: float) -> MetaRun:
     _merge_assumptions(res, runs)
     top = runs[-LADDER_FIT_RUNGS:]
     span = top[-1].size / top[0].size
-    why = (f"a meta run at T={size:,} would take ≈{predicted:.0f} s ({_ops(runs, size):,} ops: "
+    why = (f"a meta run at T={size:,} would take ≈{predicted:.0f} s ({int(_predicted_ops(runs, size)):,} ops: "
            "a Python loop over T?)")
     law = _law_through(top) if len(top) == LADDER_FIT_RUNGS and span >= MIN_LADDER_SPAN else None
     if law is None:
@@ -111,12 +114,6 @@ def _law_through(top: List[MetaRun]):
             return y1 - coef * s1 ** exponent, coef, exponent
     fit = fit_power_law([s1, s2, s3], [y1, y2, y3])
     return None if fit is None else (0.0, fit.coefficient, fit.exponent)
-
-
-def _ops(runs: List[MetaRun], size: int) -> int:
-    a, b = runs[-2], runs[-1]
-    growth = max(0.0, math.log(max(1, b.ops) / max(1, a.ops)) / math.log(b.size / a.size))
-    return int(max(1, b.ops) * (size / b.size) ** growth)
 
 
 def _merge_assumptions(res: MetaRun, runs: List[MetaRun]) -> MetaRun:
