@@ -185,7 +185,9 @@ def review_document(
         line += n
 
     ctx = RuleContext(standard=standard, options={"kind": doc.kind, "path": doc.path,
-                                                  "duration_convention": config.duration_convention})
+                                                  "duration_convention": config.duration_convention,
+                                                  # first line of each code cell in the combined module
+                                                  "cell_starts": [s.start for s in spans]})
     if spans:
         module = _parse_combined(parts, spans, doc, syntax_findings, standard)
         if module is not None:

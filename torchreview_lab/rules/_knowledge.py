@@ -141,3 +141,21 @@ REGISTERING_CALLS = frozenset({"add_module", "register_module", "register_parame
 # Builtins that read their argument without keeping it (handing a container to them registers nothing).
 NON_RETAINING_BUILTINS = frozenset(f"builtins.{h}" for h in (
     "len", "enumerate", "zip", "reversed", "iter", "isinstance", "print", "range", "str", "repr", "min", "max"))
+
+# Out-of-place tensor ops (TR613): they return a new tensor and leave the input as it was, so one
+# called as a statement does nothing. These names mean "out of place" on any object that has them
+# (numpy and pandas included); their in-place twins end in "_".
+OUT_OF_PLACE_TENSOR_ONLY = frozenset({
+    "masked_fill", "masked_scatter", "index_fill", "index_add", "index_copy", "index_put", "scatter_add", "scatter_reduce", "clamp", "clamp_min", "clamp_max", "clip", "unsqueeze", "squeeze",
+    "permute", "contiguous", "view", "view_as", "reshape", "reshape_as", "expand", "expand_as", "repeat",
+    "transpose", "flatten", "unflatten", "movedim", "type_as", "nan_to_num", "addcmul", "addcdiv", "lerp",
+    "sigmoid", "relu", "softmax", "log_softmax", "tril", "triu", "masked_select",
+})
+# Out of place on tensors, but in place on an nn.Module (``to``/``cuda``/``cpu``/``float``/...) or
+# common on other objects (``set.add``, ``socket.detach``, matplotlib's ``ax.scatter``): TR613 flags them
+# only on a known tensor.
+OUT_OF_PLACE_WHEN_TENSOR = frozenset({
+    "to", "cuda", "cpu", "float", "half", "double", "bfloat16", "long", "int", "bool", "type", "detach",
+    "clone", "add", "sub", "mul", "div", "pow", "exp", "log", "abs", "sqrt", "neg", "t", "round", "floor",
+    "ceil", "sign", "tanh", "where", "scatter",
+})
