@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 from typing import Optional
 
 import libcst as cst
@@ -9,6 +10,17 @@ from ..findings import Fix
 from ._knowledge import OUT_OF_PLACE_TENSOR_ONLY, OUT_OF_PLACE_WHEN_TENSOR
 from ._torch import assigned_values, dotted_name, enclosing_function, kwarg, method_call, torch_function, walk
 from .base import Invalid, Rule
+
+
+_PROFILED = re.compile(r"profil|record_function|benchmark|Timer", re.I)
+
+
+def _makes_tensor(function: str) -> bool:
+    """``torch.randn``/``torch.as_tensor``/``F.pad``...: a torch function that returns a tensor (not a class,
+    a module, an optimizer or a utility object such as a store or a compiled model)."""
+    if "." in function:
+        return function.startswith(("nn.functional.", "linalg.", "fft.", "special.")) and function[-1:].islower()
+    return function[:1].islower()
 
 
 class OutOfPlaceResultDiscarded(Rule):
@@ -53,6 +65,8 @@ class OutOfPlaceResultDiscarded(Rule):
         "        ax.scatter(x[:, 0], x[:, 1])\n        return self.expand(x)\n",
         "def move(self, d, tok, texts):\n    for dl in self.loaders:\n        dl.to(d)\n    for batch in tok_loader:\n"
         "        batch.to(d)  # a tokenizer's BatchEncoding moves in place\n",
+        "import torch\nfrom torch.utils._ordered_set import OrderedSet\ndef f(t1, t2, m):\n    seen = OrderedSet()\n    seen.add(t1)\n"
+        "    model = torch.jit.script(m)\n    model.cpu()\n    with torch.profiler.profile() as prof:\n        torch.add(t1, t2)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef attend(scores, mask):\n    scores.masked_fill(mask == 0, float('-inf'))\n"
@@ -69,8 +83,9 @@ class OutOfPlaceResultDiscarded(Rule):
 
     def visit_Expr(self, node: cst.Expr) -> None:
         call = node.value
-        if not isinstance(call, cst.Call) or self._notebook_display(node):
-            return
+        if not isinstance(call, cst.Call) or self._notebook_display(node) or any(
+                isinstance(a, cst.With) and _PROFILED.search(self.code_for(a.items[0])) for a in self.ancestors(node)):
+            return  # a cell's displayed value; an op run for a profiler or benchmark to record
         mc = method_call(call)
         tf = torch_function(self, call)
         if tf is not None and "." not in tf:  # torch.clamp(x, ...) as a statement
@@ -114,7 +129,7 @@ class OutOfPlaceResultDiscarded(Rule):
             return True  # unpacked from a DataLoader's batches: `for x, y in train_loader: x.to(device)`
         values = assigned_values(self, enclosing_function(self, target), target.value)
         kinds = [torch_function(self, v) if isinstance(v, cst.Call) else None for v in values]
-        return bool(kinds) and all(k is not None and not k.startswith(("nn.", "optim.", "utils.")) for k in kinds)
+        return bool(kinds) and all(k is not None and _makes_tensor(k) for k in kinds)
 
     def _notebook_display(self, node: cst.Expr) -> bool:
         """The last top-level statement of a notebook cell: Jupyter displays its value."""
