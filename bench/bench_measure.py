@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from torchreview_lab.measure import meta_run, scale  # noqa: E402
 from torchreview_lab.measure._harness import call_harness, single_thread  # noqa: E402
-from torchreview_lab.measure._allocator import release_free_memory  # noqa: E402
+from torchreview_lab.measure.probe import timed_runs  # noqa: E402
 from torchreview_lab.measure.probe import clock  # noqa: E402
 from torchreview_lab.measure.trackers import real_tracker  # noqa: E402
 
@@ -104,12 +104,8 @@ def real_at(fn, T, dev, reps=7):
         out = call_harness(fn, T, dev)
         _sync(dev)
     del out
+    probe_runs = timed_runs(fn, T, dev, False, reps, 120.0)  # the probe's own method
     now = clock(dev)
-    probe_runs = []  # the probe's own method (probe._time): the allocator's free memory released first
-    for _ in range(reps):
-        if dev == "cpu":
-            release_free_memory()
-        probe_runs.append(timed_call(fn, T, dev, now))
     plain = [timed_call(fn, T, dev, now) for _ in range(reps)]
     return tr.peak_bytes, probe_runs, statistics.median(plain)
 

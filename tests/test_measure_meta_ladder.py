@@ -91,6 +91,7 @@ def test_a_harness_that_fails_on_meta_reports_that_failure():
     m = meta_at_target(needs_cpu, TARGET, time_limit=LIMIT)
     assert not m.ok and m.extrapolated_from == []
     assert "RuntimeError" in m.skipped_reason and "only runs on the CPU" in m.skipped_reason
+    assert not m.timed_out  # a failure, not a time limit: no ladder is tried
 
 
 def test_scale_reports_the_extrapolated_meta_figure_everywhere():
@@ -131,7 +132,7 @@ class FakeMeta:
             return MetaRun(size=size, seconds=0.01, ops=3, skipped_reason=self.fail)
         if secs > time_limit:
             self.now += time_limit
-            return MetaRun(size=size, seconds=time_limit, ops=int(time_limit / self.per_op),
+            return MetaRun(size=size, seconds=time_limit, ops=int(time_limit / self.per_op), timed_out=True,
                            skipped_reason=f"meta run at T={size:,} stopped: time limit reached (a Python loop over T?)")
         self.now += secs
         return MetaRun(size=size, peak_bytes=int(self.bytes_at(size)), seconds=secs, ops=ops)

@@ -38,6 +38,13 @@ class MetaSkip(Exception):
     """The meta run cannot go on (a time limit, or an answer that would need real memory)."""
 
 
+class MetaTimeout(MetaSkip):
+    """The meta run's time limit was reached (typically a Python loop over T)."""
+
+    def __init__(self) -> None:
+        super().__init__("time limit reached (a Python loop over T?)")
+
+
 @dataclass
 class MetaRun:
     size: int
@@ -48,6 +55,7 @@ class MetaRun:
     skipped_reason: Optional[str] = None
     extrapolated_from: List[int] = field(default_factory=list)  # meta_ladder: the sizes run for real on meta
     note: Optional[str] = None  # how an extrapolated figure was made
+    timed_out: bool = False  # stopped by its time limit (the harness itself may be fine on meta)
 
     @property
     def ok(self) -> bool:
@@ -71,7 +79,7 @@ class _Shim(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if time.perf_counter() > self.deadline:
-            raise MetaSkip("time limit reached (a Python loop over T?)")
+            raise MetaTimeout()
         if func in _FACTORIES and self.redirect_factories:
             dev = kwargs.get("device")
             if dev is not None and torch.device(dev).type != "meta":
@@ -129,7 +137,7 @@ class _Answers:
 
     def __call__(self, func, args, kwargs):
         if time.perf_counter() > self.deadline:
-            raise MetaSkip("time limit reached (a Python loop over T?)")
+            raise MetaTimeout()
         a = self._aten
         packet = func.overloadpacket
         first = args[0] if args else None
@@ -209,6 +217,7 @@ def meta_run(harness: Callable, size: int, time_limit: float = 10.0, backward: b
         res.peak_bytes = int(tracker.peak_bytes)
     except MetaSkip as e:
         res.skipped_reason = f"meta run at T={size:,} stopped: {e}"
+        res.timed_out = isinstance(e, MetaTimeout)
     except MemoryError as e:
         res.skipped_reason = f"meta run at T={size:,} needed real memory (MemoryError: {e})"
     except Exception as e:  # the harness cannot run on meta: say where and why

@@ -8,9 +8,9 @@ target, and then either
 
 * runs the harness at the target on meta (the exact figure, as :func:`~.meta.meta_run` alone), or
 * when that run would not finish in the time left, runs meta at a ladder of doubling sizes from the
-  pilot up to what the time allows and fits a power law through the top rungs. Meta bytes have no
-  noise, so the law is exact for a pure power of T and close for a polynomial (the top rungs carry
-  the leading term); the figure is marked as extrapolated (``extrapolated_from``) and never passes
+  pilot up to what the time allows and passes ``a + b·T^e`` through the top three rungs. Meta bytes
+  have no noise, so the law is exact for a constant plus a power of T and close for a polynomial
+  (the top rungs carry the leading term); the figure is marked as extrapolated (``extrapolated_from``) and never passes
   for an exact one.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def meta_at_target(harness: Callable, size: int, time_limit: float = 10.0, backw
     predicted = _predicted_seconds(runs, size)
     if predicted * TIME_SAFETY <= _left(deadline):
         exact = meta_run(harness, size, time_limit=_left(deadline), backward=backward)
-        if exact.ok or "time limit" not in (exact.skipped_reason or ""):
+        if not exact.timed_out:
             return _merge_assumptions(exact, runs)
     # ---- the ladder: doubling sizes while the next rung is predicted to fit in the time left
     s = 2 * pilot
@@ -58,7 +58,7 @@ def meta_at_target(harness: Callable, size: int, time_limit: float = 10.0, backw
             break
         runs.append(r)
         s *= 2
-    return _extrapolate(runs, size, predicted)
+    return _extrapolate(runs, size)
 
 
 def _left(deadline: float) -> float:
@@ -78,12 +78,13 @@ def _predicted_seconds(runs: List[MetaRun], size: int) -> float:
     return _predicted_ops(runs, size) * runs[-1].seconds / max(1, runs[-1].ops)
 
 
-def _extrapolate(runs: List[MetaRun], size: int, predicted: float) -> MetaRun:
+def _extrapolate(runs: List[MetaRun], size: int) -> MetaRun:
     res = MetaRun(size=size, seconds=sum(r.seconds for r in runs), ops=sum(r.ops for r in runs))
     _merge_assumptions(res, runs)
     top = runs[-LADDER_FIT_RUNGS:]
     span = top[-1].size / top[0].size
-    why = (f"a meta run at T={size:,} would take ≈{predicted:.0f} s ({int(_predicted_ops(runs, size)):,} ops: "
+    why = (f"a meta run at T={size:,} would take ≈{_predicted_seconds(runs, size):.0f} s "
+           f"({int(_predicted_ops(runs, size)):,} ops: "
            "a Python loop over T?)")
     law = _law_through(top) if len(top) == LADDER_FIT_RUNGS and span >= MIN_LADDER_SPAN else None
     if law is None:

@@ -93,7 +93,13 @@ def clock(device: str) -> Callable[[], float]:
 
 
 def _time(fn: Callable, size: int, device: str, backward: bool, repeats: int, max_seconds: float) -> float:
-    """Median seconds of ``repeats`` runs (more for short runs, fewer when ``max_seconds`` is spent).
+    """Median seconds of :func:`timed_runs`."""
+    return statistics.median(timed_runs(fn, size, device, backward, repeats, max_seconds))
+
+
+def timed_runs(fn: Callable, size: int, device: str, backward: bool, repeats: int, max_seconds: float) -> List[float]:
+    """Seconds of ``repeats`` runs (more for short runs, fewer when ``max_seconds`` is spent), the
+    probe's timing method (the benchmark times its reference runs with it too).
 
     On the CPU the allocator's free memory goes back to the OS before each run (see ``_allocator``):
     every size then pays for its memory pages as a run at a large size does."""
@@ -119,7 +125,7 @@ def _time(fn: Callable, size: int, device: str, backward: bool, repeats: int, ma
             break
         if len(samples) >= repeats and (spent >= MIN_TIMING_SECONDS or len(samples) >= 10 * repeats):
             break
-    return statistics.median(samples)
+    return samples
 
 
 def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[int] = None,
