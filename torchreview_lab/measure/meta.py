@@ -6,7 +6,9 @@ allocating it. Data-dependent calls have no values on meta; they are answered wi
 are recorded (``.item()`` → 1, ``bool(t)`` → True, ``nonzero``/bool masks → every element selected,
 ``unique`` → all distinct, ``.tolist()``/``.numpy()`` → ones). Explicit ``device="cpu"``/``"cuda"``
 factories and ``.to(device)``/``.cpu()``/``.cuda()`` are redirected to meta (recorded too), so the
-run never allocates for real what the harness asked for. A time limit, checked at every op, stops
+run never allocates for real what the harness asked for. Modules the harness moves to meta
+(``model.to(device)`` on a model kept outside it) get their parameters and buffers back when the run
+ends (:func:`~._preserve.modules_kept`). A time limit, checked at every op, stops
 Python loops over T (≈0.1 ms per iteration on meta) and the run is then skipped with the reason.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._frames import site_from_traceback, user_site
 from ._harness import accepts_device, run_backward
+from ._preserve import modules_kept
 from .trackers import LiveStorageTracker
 
 _MAX_FAKE_VALUES = 1_000_000  # .tolist()/.numpy() answers larger than this skip the run
@@ -207,7 +210,7 @@ def meta_run(harness: Callable, size: int, time_limit: float = 10.0, backward: b
     tracker = LiveStorageTracker(answer=_Answers(record, deadline))
     out = None
     try:
-        with torch.device("meta"), _Shim(record, deadline), tracker:
+        with modules_kept(), torch.device("meta"), _Shim(record, deadline), tracker:
             if accepts_device(harness):
                 out = harness(size, device="meta")
             else:

@@ -17,6 +17,7 @@ import torch
 
 from ._format import fmt_bytes, fmt_seconds
 from ._allocator import release_free_memory
+from ._preserve import UserState
 from ._harness import call_harness, frozen_heap, harness_name, run_backward, single_thread
 from .progress import probe_progress
 from .fit import R2_POOR, PowerLawFit, fit_power_law
@@ -152,7 +153,17 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
                         location=harness_location(fn))
     sizes = sorted({int(s) for s in sizes if int(s) > 0})
     view = probe_progress(progress, res, sizes, target)  # notebook progress; a no-op when off
-    fn, on_point = view.wrap(fn), view.chain(on_point)
+    # the user's model, optimizer and leaf tensors get their gradients, modes, buffers and state
+    # back when the probe ends; every run starts with the gradients cleared, as a training step does
+    with UserState(fn) as state:
+        _scale(state.wrap(view.wrap(fn)), res, sizes, target, dev, mem, budget_bytes, time_budget, backward,
+               repeats, meta, meta_time_limit, view.chain(on_point), state, view)
+    res.warnings.extend(state.changed)
+    return res
+
+
+def _scale(fn, res, sizes, target, dev, mem, budget_bytes, time_budget, backward, repeats, meta, meta_time_limit,
+           on_point, state, view) -> ScalingResult:
     t_start = time.perf_counter()
     per_size_time = None if time_budget is None else max(0.05, float(time_budget) / max(1, 2 * len(sizes)))
     stop: Optional[str] = None
@@ -183,7 +194,8 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
             # ---- real run
             failure = None
             try:
-                peak = _measure_once(fn, size, dev, backward)
+                with state.watching():  # the first real run at a size finds the modules it calls
+                    peak = _measure_once(fn, size, dev, backward)
                 remaining = None if time_budget is None else time_budget - (time.perf_counter() - t_start)
                 cap = per_size_time if remaining is None else max(0.0, min(per_size_time or remaining, remaining))
                 secs = _time(fn, size, dev, backward, repeats, cap if cap is not None else 2.0)

@@ -13,6 +13,7 @@ and the random-number state is restored after every check.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional
@@ -21,6 +22,7 @@ import torch
 
 from ...findings import Finding
 from ..probe import is_oom, resolve_device
+from .._preserve import UserState
 from ._base import CheckContext
 from .device import check_devices
 from .grads import check_grads
@@ -135,8 +137,11 @@ def check(fn: Callable, size: Any = 64, *, checks: Optional[Iterable[str]] = Non
     ctx = CheckContext(fn=fn, size=size, make_inputs=make_inputs, device=dev)
     findings: List[Finding] = []
     seconds: Dict[str, float] = {}
-    with frozen_heap():  # the leak check collects after every call: keep those collections cheap
-        _run_checks(wanted, ctx, findings, seconds)
+    # the leak check collects after every call: keep those collections cheap; the user's model,
+    # optimizer and leaf tensors get their gradients, modes, buffers and state back afterwards
+    with frozen_heap(), UserState(fn, make_inputs) as state:
+        _run_checks(wanted, ctx, findings, seconds, state)
+    ctx.notes.extend(state.changed)
     return CheckResult(findings, ctx.notes, seconds, harness_name(fn))
 
 
@@ -149,11 +154,15 @@ def _rng_devices(device: str) -> list:
     return [dev.index if dev.index is not None else torch.cuda.current_device()]
 
 
-def _run_checks(wanted, ctx, findings, seconds) -> None:
+def _run_checks(wanted, ctx, findings, seconds, state: UserState) -> None:
     rng_devices = _rng_devices(ctx.device)
     for name in wanted:
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=rng_devices):
+        state.clear()  # each check starts from a clean step: no gradients left by the one before
+        # modules the runs call are discovered by a global forward hook, except under dynamo (which
+        # would trace the hook)
+        watch = state.watching() if name != "graph_breaks" else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=rng_devices), watch:
             torch.manual_seed(0)
             try:
                 findings.extend(CHECKS[name](ctx))

@@ -9,6 +9,7 @@ import torch
 
 from .._frames import def_site
 from .._harness import accepts_device, call_harness
+from .._preserve import modules_kept
 
 
 @dataclass
@@ -55,11 +56,12 @@ class CheckContext:
     def run_inputs_on_meta(self) -> Any:
         """Inputs on ``meta`` (a stand-in for "not the CPU"), *no* default-device context: factory
         calls without ``device=`` in the user's code still land on the CPU, as they would on a GPU."""
-        if self.make_inputs is None:
-            return self.fn(self.size, device="meta")
-        args, kwargs = self.inputs("cpu")
-        to_meta = _to_meta
-        return self.fn(*[to_meta(a) for a in args], **{k: to_meta(v) for k, v in kwargs.items()})
+        with modules_kept():  # a model kept outside the harness and moved by it gets its weights back
+            if self.make_inputs is None:
+                return self.fn(self.size, device="meta")
+            args, kwargs = self.inputs("cpu")
+            to_meta = _to_meta
+            return self.fn(*[to_meta(a) for a in args], **{k: to_meta(v) for k, v in kwargs.items()})
 
     def location(self):
         return def_site(self.fn)
