@@ -1,16 +1,21 @@
 """TR016 ``gradcheck`` of the custom ``torch.autograd.Function`` classes the harness calls.
 
-Subclasses of ``torch.autograd.Function`` defined in the harness's file get a temporary ``apply``
-wrapper (removed afterwards) that records the arguments of their first call; each is then checked in
-float64 against finite differences on those (small) inputs.
+Subclasses of ``torch.autograd.Function`` defined in the harness's file get a temporary ``forward``
+wrapper (removed afterwards; ``Function.apply`` looks ``forward`` up at call time, so calls through an
+alias such as ``square = Square.apply`` bound at import are seen too) that records the arguments of
+their first call that needs a gradient; each is then checked in float64 against finite differences
+on those (small) inputs, differentiating only the inputs that required grad in that call. A Function
+the harness names (``Cls``, ``Cls.apply`` or an alias) but never calls in the run gets a note.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from typing import Any, Dict, List, Tuple
 
 import torch
+from torch.autograd.function import _is_setup_context_defined
 
 from ...findings import Fix
 from .._frames import def_site
@@ -45,25 +50,78 @@ def user_functions(ctx: CheckContext) -> List[type]:
             if c.__module__ != "torch" and not c.__module__.startswith("torch.") and _same_file(c, site[0])]
 
 
+def _referenced(fn: Any) -> set:
+    """The Function classes the harness's code names: ``Cls`` / ``Cls.apply`` or a global alias of
+    ``Cls.apply``."""
+    fn = inspect.unwrap(fn)
+    code, glb = getattr(fn, "__code__", None), getattr(fn, "__globals__", {})
+    out, stack = set(), [code] if code is not None else []
+    while stack:
+        co = stack.pop()
+        for name in co.co_names:
+            v = glb.get(name)
+            if isinstance(v, type):
+                out.add(v)
+            elif isinstance(getattr(v, "__self__", None), type):  # a bound classmethod: Cls.apply
+                out.add(v.__self__)
+        stack.extend(c for c in co.co_consts if inspect.iscode(c))
+    return out
+
+
+def _as_input(a: Any) -> Any:
+    if not isinstance(a, _Recorded):
+        return a
+    t = a.value
+    if t.is_floating_point():
+        t = t.to(torch.float64)
+    elif t.is_complex():
+        t = t.to(torch.complex128)
+    return t.requires_grad_(True) if a.requires_grad and (t.is_floating_point() or t.is_complex()) else t
+
+
+def _record(a: Any) -> Any:
+    if isinstance(a, torch.Tensor):
+        return _Recorded(a.detach().clone(), a.requires_grad)
+    return a
+
+
+class _Recorded:
+    """A tensor argument as it was passed: its value and whether it required grad."""
+    __slots__ = ("value", "requires_grad")
+
+    def __init__(self, value: torch.Tensor, requires_grad: bool) -> None:
+        self.value, self.requires_grad = value, requires_grad
+
+
+def _wants_grad(args) -> bool:
+    return any(isinstance(a, _Recorded) and a.requires_grad for a in args)
+
+
 def check_gradcheck(ctx: CheckContext, small_size: Any = 4) -> list:
     classes = user_functions(ctx)
     if not classes:
         return []
     calls: Dict[type, Tuple[tuple, dict]] = {}
-    had_own = {c: "apply" in c.__dict__ for c in classes}
-    originals = {c: c.__dict__.get("apply") for c in classes}
+    # Function.apply looks cls.forward up at call time (in C++), so wrapping forward also catches calls
+    # through an alias bound before the check (`square = Square.apply`)
+    descriptors = {c: c.__dict__.get("forward") for c in classes}
+    functions = {c: c.forward for c in classes}
 
     def wrap(cls):
-        base_apply = super(cls, cls).apply if not had_own[cls] else originals[cls].__get__(None, cls)
+        fn = functions[cls]
+        with_ctx = not _is_setup_context_defined(getattr(cls, "setup_context", None))
 
-        def apply(*args, **kwargs):
-            if cls not in calls:
-                calls[cls] = (tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs))
-            return base_apply(*args, **kwargs)
-        return staticmethod(apply)
+        @functools.wraps(fn)
+        def forward(*args, **kwargs):
+            inputs = args[1:] if with_ctx else args
+            if cls not in calls or (not _wants_grad(calls[cls][0]) and any(
+                    isinstance(a, torch.Tensor) and a.requires_grad for a in inputs)):
+                calls[cls] = (tuple(_record(a) for a in inputs), dict(kwargs))
+            return fn(*args, **kwargs)
+        return staticmethod(forward)
 
     for c in classes:
-        setattr(c, "apply", wrap(c))
+        setattr(c, "forward", wrap(c))
     out = None
     try:
         small = CheckContext(ctx.fn, small_size, ctx.make_inputs, ctx.device, ctx.notes)
@@ -73,20 +131,30 @@ def check_gradcheck(ctx: CheckContext, small_size: Any = 4) -> list:
             out = ctx.run()
     finally:
         for c in classes:
-            if had_own[c]:
-                setattr(c, "apply", originals[c])
+            if descriptors[c] is not None:
+                setattr(c, "forward", descriptors[c])
             else:
-                delattr(c, "apply")
+                delattr(c, "forward")
         del out
+    named = _referenced(ctx.fn)
+    unused = [c.__name__ for c in classes if c not in calls and c in named]
+    if unused:
+        ctx.notes.append(f"TR016: {', '.join(unused)} named in the harness but not called when it ran "
+                         f"(at T={small_size}): not gradchecked")
     findings = []
     for cls, (args, kwargs) in calls.items():
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        tensors = [a.value for a in args if isinstance(a, _Recorded)]
+        if not _wants_grad(args):
+            ctx.notes.append(f"TR016 gradcheck of {cls.__name__} skipped: no input required grad when the harness "
+                             "called it (its backward never runs)")
+            continue
         if sum(t.numel() for t in tensors) > MAX_NUMEL:
             ctx.notes.append(f"TR016 gradcheck of {cls.__name__} skipped: inputs larger than {MAX_NUMEL} elements "
                              f"even at T={small_size}")
             continue
-        inputs = [a.to(torch.float64).requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
-                  else a for a in args]
+        # float64 for every floating input; differentiate only those that required grad in the recorded call
+        # (a side input such as a fixed weight may legitimately get None from backward)
+        inputs = [_as_input(a) for a in args]
         diff_idx = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.requires_grad]
         if not diff_idx:
             continue

@@ -3,11 +3,15 @@
 Reports a loss without ``grad_fn`` although inputs require grad, and parameters / leaf inputs whose
 ``.grad`` is None, all zero or non-finite after backward. A ``TorchFunctionMode`` on ``detach``
 pinpoints where a graph-carrying tensor is cut (it does not see ``.data``); a global module forward
-pre-hook (removed afterwards) finds the modules that ran and where they were called.
+pre-hook (removed afterwards) finds the modules that ran with gradients enabled and where they were
+called. A leaf counts as used only by a call whose output has a ``grad_fn`` (initialisation such as
+``uniform_``/``fill_`` under ``no_grad`` and copies do not count). A loss computed with gradients
+disabled (``torch.no_grad``/``inference_mode``: an inference harness) gets a note, not a finding.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -16,7 +20,8 @@ from torch.utils._pytree import tree_flatten
 from ...findings import Fix
 from .._frames import user_site
 from ..rules import make_finding
-from ._base import CheckContext, as_loss, describe
+from ._base import CheckContext, describe
+from ._sites import _returned_tensor, is_complex_result, loss_of
 
 
 class _Watch(TorchFunctionMode):
@@ -27,17 +32,41 @@ class _Watch(TorchFunctionMode):
         super().__init__()
         self.sites: List[Any] = []
         self.leaves: Dict[int, Any] = {}
+        self.no_grad: Dict[int, Any] = {}  # id -> (weakref, site) of tensors returned with grad disabled
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name in ("detach", "detach_") and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
             self.sites.append(user_site())
-        elif name not in ("requires_grad_", "__get__", "__set__"):
-            for t in tree_flatten((args, kwargs))[0]:
-                if isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf and id(t) not in self.leaves:
-                    self.leaves[id(t)] = (t, user_site())
-        return func(*args, **kwargs)
+            return func(*args, **kwargs)
+        if name in ("requires_grad_", "__get__", "__set__"):
+            return func(*args, **kwargs)
+        leaves = [t for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf and id(t) not in self.leaves]
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if leaves and any(t.grad_fn is not None for t in outs):  # used in the graph, not initialised or copied
+            site = user_site()
+            for t in leaves:
+                self.leaves.setdefault(id(t), (t, site))
+        if outs and not torch.is_grad_enabled():
+            site = user_site()
+            for t in outs:
+                try:
+                    self.no_grad[id(t)] = (weakref.ref(t), site)
+                except TypeError:
+                    pass
+        return out
+
+    def made_without_grad(self, t: Any) -> Optional[Tuple[Any]]:
+        """``(site,)`` when ``t`` came from a torch call with grad disabled (or is an inference tensor)."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        hit = self.no_grad.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return (hit[1],)
+        return (None,) if t.is_inference() else None
 
 
 def check_grads(ctx: CheckContext) -> list:
@@ -45,7 +74,7 @@ def check_grads(ctx: CheckContext) -> list:
     modules: Dict[int, Any] = {}
 
     def pre_hook(module, inputs):
-        if id(module) not in modules:
+        if id(module) not in modules and torch.is_grad_enabled():  # a module run under no_grad is not trained
             modules[id(module)] = (module, user_site())
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(pre_hook)
@@ -53,14 +82,22 @@ def check_grads(ctx: CheckContext) -> list:
     try:
         with watch:
             out = ctx.run()
-        loss = as_loss(out)
+        loss = loss_of(out)
         if loss is None:
             ctx.notes.append("TR012 gradient check skipped: the harness returned no floating tensor (return the loss)")
             return []
+        if is_complex_result(out):
+            ctx.notes.append("TR012: the harness returned a complex tensor; backward ran from |out|.sum()")
         params = _params(modules)
         inputs = list(watch.leaves.values())
         wants_grad = [t for t, _ in inputs] + [p for p, _, _ in params]
         if loss.grad_fn is None:
+            disabled = watch.made_without_grad(_returned_tensor(out))
+            if disabled is not None:
+                where = f" at {describe(disabled[0])}" if disabled[0] else ""
+                ctx.notes.append(f"TR012 gradient check skipped: the loss was computed with gradients disabled{where} "
+                                 "(torch.no_grad / inference_mode: an inference harness)")
+                return []
             if not wants_grad:
                 ctx.notes.append("TR012 gradient check skipped: nothing in the run requires grad")
                 return []
@@ -85,6 +122,7 @@ def check_grads(ctx: CheckContext) -> list:
         handle.remove()
         modules.clear()
         watch.leaves.clear()
+        watch.no_grad.clear()
         del out
 
 
@@ -106,6 +144,8 @@ def _grad_findings(ctx: CheckContext, params, inputs, detach_sites) -> list:
     items += [(t, f"input {list(t.shape)}", site) for t, site in inputs if id(t) not in param_ids]
     for t, name, site in items:
         g = t.grad
+        if g is not None and g.layout != torch.strided:  # sparse gradients (nn.Embedding(sparse=True))
+            g = g.coalesce().values() if g.layout == torch.sparse_coo else g.values()
         if g is None:
             none.append((name, site))
         elif not bool(torch.isfinite(g).all()):
