@@ -176,3 +176,39 @@ def test_modules_kept_restores_after_an_error():
             raise RuntimeError("harness failed")
     assert _same(model, before)
     assert nn.Module._apply.__qualname__ == "Module._apply"
+
+
+def test_compare_leaves_module_implementations_as_found():
+    exact, fast = nn.Linear(4, 3), nn.Linear(4, 3)
+    fast.load_state_dict(exact.state_dict())
+    before = _snapshot(exact)
+
+    def make(T):
+        return (torch.randn(T, 4, requires_grad=True),)
+
+    res = tr.compare(exact, fast, make, sizes=(1, 3))
+    assert res.ok, res.cases
+    assert _same(exact, before) and exact.weight.grad is None and fast.weight.grad is None
+
+
+def test_probe_warns_when_backward_finds_no_graph():
+    def forward_only(T):
+        with torch.no_grad():
+            return torch.randn(T, 4).sum()
+
+    res = tr.scale(forward_only, sizes=SIZES, backward=True, repeats=1, meta=False, progress=False)
+    assert sum("carries no graph" in w for w in res.warnings) == 1
+    res = tr.scale(lambda T: {"loss": torch.randn(T, requires_grad=True).sum()}, sizes=SIZES, backward=True,
+                   repeats=1, meta=False, progress=False)
+    assert not any("carries no graph" in w for w in res.warnings)
+
+
+def test_a_size_falling_time_or_memory_is_not_reported_as_a_law():
+    def shrinking(T):  # less work at larger T: not a scaling law
+        n = 4096 // T
+        return torch.ones(n * 64).sum()
+
+    res = tr.scale(shrinking, sizes=(64, 256, 1024), repeats=1, meta=False, progress=False)
+    assert res.memory_fit.exponent == 0.0 and res.memory_fit.raw_exponent < 0
+    assert any(w.startswith("memory falls with T") for w in res.warnings)
+    assert not any("memory does not follow a power law" in w for w in res.warnings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -42,12 +42,41 @@ def harness_name(fn: Callable) -> str:
     return name
 
 
-def run_backward(out: Any) -> None:
-    """Backward through a harness result that carries a graph (a scalar loss, or ``.sum()`` of it)."""
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    if isinstance(out, torch.Tensor) and out.grad_fn is not None:
-        (out if out.numel() == 1 else out.sum()).backward()
+def backward_root(out: Any) -> Optional[torch.Tensor]:
+    """The tensor a backward pass through a harness result starts from, or None when none carries
+    a graph.
+
+    * a dict: its ``"loss"`` entry, else its first tensor value;
+    * a tuple or list: its first element (``(loss, logits)``);
+    * nested the same way a few levels (``({"loss": l}, aux)``);
+    * a tensor that requires grad: itself when it has one element, else its sum. A complex result
+      starts from ``out.abs().sum()`` (as the runtime checks do: a complex tensor has no backward of
+      its own; the modulus reaches both the real and the imaginary part).
+    """
+    for _ in range(4):
+        if isinstance(out, dict):
+            out = out["loss"] if "loss" in out else next(
+                (v for v in out.values() if isinstance(v, torch.Tensor)), None)
+        elif isinstance(out, (tuple, list)):
+            out = out[0] if out else None
+        else:
+            break
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return None
+    if out.is_complex():
+        out = out.abs()
+    return out if out.numel() == 1 else out.sum()
+
+
+def run_backward(out: Any) -> bool:
+    """Backward through a harness result (see :func:`backward_root`). Returns whether a backward ran:
+    False when nothing in the result carries a graph (the caller may warn: ``backward=True`` then
+    measures the forward only)."""
+    root = backward_root(out)
+    if root is None:
+        return False
+    root.backward()
+    return True
 
 
 @contextlib.contextmanager

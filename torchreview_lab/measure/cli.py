@@ -3,7 +3,9 @@
 ``add_scale_arguments(parser)`` / ``run_scale(args) -> int`` and ``add_check_arguments(parser)`` /
 ``run_check(args) -> int``. Exit codes: 0 done (and, with a target, it fits; for check, no finding
 at or above ``--fail-on``), 1 the target does not fit / findings at or above ``--fail-on``, 2 bad
-input (missing file or function, malformed spec, bad sizes) or nothing could be measured.
+input (missing file or function, malformed spec, bad sizes) or nothing could be measured or checked
+(no size measured; every selected check failed, stopped, was skipped or could not run).
+``--make-inputs NAME`` is looked up in the module loaded for FUNC: the file is imported once.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Tuple
 
@@ -35,6 +38,27 @@ def load_function(spec: str) -> Tuple[Callable, str, str]:
     The module is registered in ``sys.modules`` (dataclasses and pickling need it) under
     ``_torchreview_user_<hash>`` and its directory is put on ``sys.path`` while it loads.
     """
+    module, path, func = _load_module(spec)
+    try:
+        return _lookup(module, path, func), path, func
+    except SpecError:
+        sys.modules.pop(module.__name__, None)
+        raise
+
+
+def load_functions(spec: str, *others: str) -> Tuple[Callable, str, str, List[Callable]]:
+    """Like :func:`load_function`, and also return the functions named ``others`` from the same
+    module: the file is imported once, so they all see the same module globals (a model built at
+    import time is one object for all of them)."""
+    module, path, func = _load_module(spec)
+    try:
+        return _lookup(module, path, func), path, func, [_lookup(module, path, o) for o in others]
+    except SpecError:
+        sys.modules.pop(module.__name__, None)
+        raise
+
+
+def _load_module(spec: str):
     path, func = parse_spec(spec)
     apath = os.path.abspath(path)
     if not os.path.isfile(apath):
@@ -60,6 +84,12 @@ def load_function(spec: str) -> Tuple[Callable, str, str]:
             sys.path.remove(folder)
         except ValueError:
             pass
+    return module, path, func
+
+
+def _lookup(module, path: str, func: str) -> Callable:
+    if not func or not func.replace(".", "_").isidentifier():
+        raise SpecError(f"expected a function name in {path}, got {func!r}")
     obj = module
     for part in func.split("."):
         if not hasattr(obj, part):
@@ -67,7 +97,7 @@ def load_function(spec: str) -> Tuple[Callable, str, str]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise SpecError(f"{path}:{func} is not callable")
-    return obj, path, func
+    return obj
 
 
 def unload(fn: Callable) -> None:
@@ -170,10 +200,9 @@ def run_check(args: argparse.Namespace) -> int:
     from .checks import check
 
     try:
-        fn, path, name = load_function(args.spec)
-        make_inputs = None
-        if getattr(args, "make_inputs", None):
-            make_inputs, _, _ = load_function(f"{path}:{args.make_inputs}")
+        extra = [args.make_inputs] if getattr(args, "make_inputs", None) else []
+        fn, path, name, others = load_functions(args.spec, *extra)  # one import for both
+        make_inputs = others[0] if others else None
     except SpecError as e:
         return _err(str(e))
     try:
@@ -190,7 +219,27 @@ def run_check(args: argparse.Namespace) -> int:
     fail_on = getattr(args, "fail_on", "high")
     if fail_on != "never" and any(severity_at_least(f.severity, fail_on) for f in res):
         return 1
+    if not len(res) and _nothing_checked(res):
+        print(f"torchreview: error: no check could run {path}:{name} (see the notes)", file=sys.stderr)
+        return 2
     return 0
+
+
+_CHECK_NOTE = re.compile(r"^(TR01\d) [\w-]+ check "
+                         r"(?:failed|ran out of memory|stopped|could not run|skipped)\b")
+
+
+def _nothing_checked(res) -> bool:
+    """Every selected check ended in a note that it failed, stopped, was skipped or could not run
+    (the harness raised, say): the run checked nothing, which must not read as "no findings".
+    ``gradcheck`` is silent when the file defines no ``autograd.Function`` (it has nothing to run),
+    so it decides only when it is the one check selected."""
+    from .checks import CODES
+
+    ran = list(getattr(res, "seconds", {}) or {})
+    ended = {m.group(1) for m in (_CHECK_NOTE.match(n) for n in res.notes) if m}
+    decisive = [name for name in ran if name != "gradcheck"] or ran
+    return bool(decisive) and all(CODES.get(name) in ended for name in decisive)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,6 +3,12 @@
 ``y = offset + coefficient * T ** exponent``: ``offset`` is a known constant (the time a harness
 takes at a tiny size: Python and dispatch overheads that do not grow with T; zero for memory), and
 ``coefficient`` and ``exponent`` come from least squares on ``log (y - offset) = log c + e log T``.
+
+A fitted exponent below 0 (memory or time that *falls* as T grows: noise, warm caches, a lucky
+timing at the largest size) is no scaling law: it would predict a target size ever cheaper than the
+sizes measured. Such a fit is taken as O(1) at the largest measured value (exponent 0, the
+conservative constant), with ``raw_exponent`` keeping the fitted slope and confidence ``low``
+(R² of the constant, 0, unless the data is flat within 5%).
 """
 from __future__ import annotations
 
@@ -24,6 +30,12 @@ class PowerLawFit:
     max_size: int = 0     # largest T used
     confidence: str = "high"  # high | medium | low
     offset: float = 0.0       # constant term added to the power law (time: per-call overhead)
+    raw_exponent: Optional[float] = None  # the fitted slope when it was below 0 (then exponent is 0)
+
+    @property
+    def clamped(self) -> bool:
+        """The fitted exponent was negative and the fit was taken as O(1) (see module doc)."""
+        return self.raw_exponent is not None
 
     def predict(self, size: float) -> float:
         return self.offset + self.coefficient * float(size) ** self.exponent
@@ -81,15 +93,22 @@ def fit_power_law(sizes: Sequence[float], values: Sequence[float], min_size: flo
     ss_res = sum((y - (intercept + slope * x)) ** 2 for x, y in zip(xs, ys))
     ss_tot = sum((y - my) ** 2 for y in ys)
     vals = [v for _, v in pts]
-    if ss_tot <= 1e-12 * max(1.0, n) or max(vals) <= 1.05 * min(vals):
+    flat = ss_tot <= 1e-12 * max(1.0, n) or max(vals) <= 1.05 * min(vals)
+    if flat:
         r2 = 1.0  # flat within 5%: a constant describes it (R² of a flat line is meaningless)
     else:
         r2 = max(0.0, 1.0 - ss_res / ss_tot)
     if abs(slope) < 1e-6:
         slope = 0.0
+    raw = None
+    if slope < 0:  # falls with T: not a scaling law; O(1) at the largest value (see module doc)
+        raw, slope, intercept = slope, 0.0, math.log(max(vals))
+        if not flat:  # R² of that constant (0 or close: the data does vary)
+            r2 = max(0.0, 1.0 - sum((y - intercept) ** 2 for y in ys) / ss_tot)
     fit = PowerLawFit(exponent=slope, coefficient=math.exp(intercept), r2=r2, n=n,
-                      min_size=int(min(s for s, _ in pts)), max_size=int(max(s for s, _ in pts)), offset=offset)
-    fit.confidence = confidence(fit)
+                      min_size=int(min(s for s, _ in pts)), max_size=int(max(s for s, _ in pts)), offset=offset,
+                      raw_exponent=raw)
+    fit.confidence = "low" if raw is not None and not flat else confidence(fit)
     return fit
 
 

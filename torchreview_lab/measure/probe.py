@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -69,18 +69,21 @@ def _cleanup(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _measure_once(fn: Callable, size: int, device: str, backward: bool) -> int:
+def _measure_once(fn: Callable, size: int, device: str, backward: bool) -> Tuple[int, bool]:
     tracker = real_tracker(device)
     out = None
+    ran = False
     with tracker:
         out = call_harness(fn, size, device)
         if backward:
-            run_backward(out)
+            ran = run_backward(out)
         _sync(device)
     del out
-    return tracker.peak_bytes
+    return tracker.peak_bytes, ran
 
 
+NO_GRAPH = ("backward=True but the harness result carries no graph (no tensor requiring grad as the loss, a "
+            "dict's \"loss\" or a tuple's first element): only the forward was measured")
 MIN_TIMING_SECONDS = 0.05  # short runs are repeated until this much was timed (up to 10x repeats)
 
 
@@ -195,7 +198,9 @@ def _scale(fn, res, sizes, target, dev, mem, budget_bytes, time_budget, backward
             failure = None
             try:
                 with state.watching():  # the first real run at a size finds the modules it calls
-                    peak = _measure_once(fn, size, dev, backward)
+                    peak, ran = _measure_once(fn, size, dev, backward)
+                if backward and not ran and NO_GRAPH not in res.warnings:
+                    res.warnings.append(NO_GRAPH)
                 remaining = None if time_budget is None else time_budget - (time.perf_counter() - t_start)
                 cap = per_size_time if remaining is None else max(0.0, min(per_size_time or remaining, remaining))
                 secs = _time(fn, size, dev, backward, repeats, cap if cap is not None else 2.0)
@@ -313,7 +318,9 @@ def _fit(res: ScalingResult, time_offset: float = 0.0) -> None:
     else:
         res.warnings.append("no memory above the baseline was allocated at the measured sizes")
     mf = res.memory_fit
-    if mf is not None and mf.r2 < R2_POOR:
+    if mf is not None and mf.raw_exponent is not None and mf.r2 < 1.0:
+        res.warnings.append(_falling_warning("memory", mf))
+    elif mf is not None and mf.r2 < R2_POOR:
         res.warnings.append(f"memory does not follow a power law in T (R² {mf.r2:.2f}): predictions are rough")
     used = _time_fit_points(pts)
     tf = res.time_fit = _fit_time(pts, time_offset)
@@ -324,8 +331,15 @@ def _fit(res: ScalingResult, time_offset: float = 0.0) -> None:
         tf.confidence = "low"
         res.warnings.append(f"time fitted on sizes below T={TIME_FIT_MIN_SIZE} (timings of small sizes are "
                             "dominated by overheads): low confidence")
-    if tf is not None and tf.r2 < R2_POOR:
+    if tf is not None and tf.raw_exponent is not None and tf.r2 < 1.0:
+        res.warnings.append(_falling_warning("time", tf))
+    elif tf is not None and tf.r2 < R2_POOR:
         res.warnings.append(f"time does not follow a power law in T (R² {tf.r2:.2f}): noisy timings")
+
+
+def _falling_warning(label: str, f: PowerLawFit) -> str:
+    return (f"{label} falls with T (fitted exponent {f.raw_exponent:.2f}): not a scaling law; taken as O(1) at "
+            "the largest measured value (low confidence)")
 
 
 def _predict_target(fn, res: ScalingResult, target: int, dev: str, mem, backward: bool, meta: bool,

@@ -14,6 +14,13 @@ from ._format import fmt_bytes, fmt_seconds, fmt_size
 from .fit import R2_POOR, PowerLawFit
 
 
+def _clamped(f: PowerLawFit) -> str:
+    """`` (fitted -0.12, taken as O(1))`` for a fit whose negative exponent was clamped (``fit.py``)."""
+    if f.raw_exponent is None or f.raw_exponent > -0.005:  # -0.00 would read as noise
+        return ""
+    return f" (fitted {f.raw_exponent:.2f}, taken as O(1))"
+
+
 @dataclass
 class Point:
     size: int
@@ -133,13 +140,13 @@ class ScalingResult:
         out.append(self.table() if self.points else "  (no size could be measured)")
         if self.memory_fit:
             f = self.memory_fit
-            out.append(f"memory: {f.big_o():<12} exponent {f.exponent:.2f}, coefficient {f.coefficient:.3g} B, "
-                       f"R² {f.r2:.3f} over {f.n} sizes ({f.confidence} confidence)")
+            out.append(f"memory: {f.big_o():<12} exponent {f.exponent:.2f}{_clamped(f)}, coefficient "
+                       f"{f.coefficient:.3g} B, R² {f.r2:.3f} over {f.n} sizes ({f.confidence} confidence)")
         if self.time_fit:
             f = self.time_fit
             overhead = f" + {fmt_seconds(f.offset)} per call" if f.offset else ""
-            out.append(f"time:   {f.big_o():<12} exponent {f.exponent:.2f}{overhead}, R² {f.r2:.3f} over "
-                       f"T ≥ {f.min_size:,} ({f.confidence} confidence)")
+            out.append(f"time:   {f.big_o():<12} exponent {f.exponent:.2f}{_clamped(f)}{overhead}, R² {f.r2:.3f} "
+                       f"over T ≥ {f.min_size:,} ({f.confidence} confidence)")
         t = self.target
         if t is not None:
             line = f"at T={t.size:,}: memory {fmt_bytes(t.peak_bytes)} (fit)"
