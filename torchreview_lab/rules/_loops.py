@@ -2,17 +2,19 @@
 happens later in the same iteration, and which names a loop variable reaches.
 
 Private module (not a rule), shared by the memory, gradient-flow and algorithm rules (TR105, TR156,
-TR601).
+TR601) and by the per-step cost rules (TR403, TR404, TR406), which ask whether code runs once per batch
+or once per epoch (:func:`loop_level`).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from ._flow import const_int
-from ._torch import (assigned_values, bound_codes, dotted_name, enclosing_loops, loop_targets, method_call, names_in,
-                     torch_function, walk_own)
+from ._flow import _model_of, const_int
+from ._torch import (assigned_values, bound_codes, dotted_name, enclosing_class, enclosing_function, enclosing_loops,
+                     fast_children, loop_targets, method_call, module_functions, names_in, torch_function, walk_own)
+from ._training import stepped
 
 # Calls that differentiate a graph (besides ``.backward()``).
 DIFFERENTIATING = ("autograd.grad", "autograd.backward")
@@ -102,3 +104,132 @@ def loop_derived(rule, node, expr, fn) -> bool:
                 nxt |= names_in(v)
         frontier = nxt - names
     return bool(names & targets)
+
+
+# -- batch loops and epoch loops (TR403, TR404, TR406) -------------------------------------------
+# Weak corroboration only: names that say an iterable yields batches (``train_loader``, ``val_dl``).
+BATCH_ITERABLE_HINTS = ("loader", "batches")
+
+
+def _is_dataloader(rule, expr) -> bool:
+    return any(q.split(".")[-1] == "DataLoader" and q.startswith("torch.") for q in rule.qnames(expr))
+
+
+def _names_batches(rule, node, expr) -> bool:
+    """``expr`` (a name or attribute) is a DataLoader: constructed here, a parameter annotated
+    ``DataLoader``, or so named."""
+    last = (dotted_name(expr) or "").split(".")[-1].lower()
+    if any(h in last for h in BATCH_ITERABLE_HINTS) or last == "dl" or last.endswith("_dl"):
+        return True
+    if not isinstance(expr, cst.Name):
+        return False
+    fn = enclosing_function(rule, node)
+    vals = assigned_values(rule, fn, expr.value) + (assigned_values(rule, None, expr.value) if fn else [])
+    if any(isinstance(v, cst.Call) and _is_dataloader(rule, v.func) for v in vals):
+        return True
+    params = fn.params.params + fn.params.kwonly_params if fn is not None else ()
+    return any(p.name.value == expr.value and p.annotation is not None and _is_dataloader(rule, p.annotation.annotation)
+               for p in params)
+
+
+def iterates_batches(rule, loop) -> bool:
+    """``for ... in`` an iterable of batches, possibly wrapped: ``enumerate(loader)``, ``tqdm(loader)``,
+    ``zip(loader_a, loader_b)``, ``range(len(loader))``, ``loaders["train"]``."""
+    stack = [loop.iter] if isinstance(loop, cst.For) else []
+    while stack:
+        e = stack.pop()
+        if isinstance(e, cst.Call) and _is_dataloader(rule, e.func):
+            return True
+        if isinstance(e, cst.Call) and method_call(e) is None:
+            stack.extend(a.value for a in e.args if a.keyword is None)
+        elif isinstance(e, cst.Subscript):
+            stack.append(e.value)
+        elif isinstance(e, (cst.Name, cst.Attribute)) and _names_batches(rule, loop, e):
+            return True
+    return False
+
+
+def local_callee(rule, call: cst.Call) -> Optional[cst.FunctionDef]:
+    """The document's function (``helper(...)``) or the enclosing class's method (``self.helper(...)``)
+    that ``call`` runs."""
+    if isinstance(call.func, cst.Name):
+        return module_functions(rule).get(call.func.value)
+    mc = method_call(call)
+    cls = enclosing_class(rule, call)
+    if mc and cls is not None and isinstance(mc[0], cst.Name) and mc[0].value == "self":
+        return next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == mc[1]), None)
+    return None
+
+
+def _trains(rule, call: cst.Call) -> bool:
+    mc = method_call(call)
+    return bool(mc and mc[1] == "backward") or stepped(rule, call) is not None or \
+        torch_function(rule, call) == "autograd.backward"
+
+
+def _level_calls(body) -> List[cst.Call]:
+    """The calls of ``body`` outside its nested loops, functions and classes."""
+    out, stack = [], list(fast_children(body))
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (cst.For, cst.While, cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            continue
+        if isinstance(n, cst.Call):
+            out.append(n)
+        stack.extend(fast_children(n))
+    return out
+
+
+def runs_step(rule, body, forward: bool, depth: int = 0) -> bool:
+    """``body`` runs a training step (``.backward()``, ``opt.step()``), or with ``forward`` a network
+    call, directly or in a local helper it calls."""
+    for c in walk_own(body, cst.Call):
+        fn = local_callee(rule, c)
+        if fn is not None:  # followed, not guessed from its name (``_get_cpp_module()``)
+            if depth < 2 and fn.body is not body and runs_step(rule, fn.body, forward, depth + 1):
+                return True
+        elif _trains(rule, c) or forward and _model_of(rule, c, ()) is not None:
+            return True
+    return False
+
+
+def is_batch_loop(rule, loop, forward: bool = True) -> bool:
+    """A loop over data: over batches, or over unboundedly many steps that each train (or, with
+    ``forward``, run a network)."""
+    if iterates_batches(rule, loop):
+        return True
+    bounded = isinstance(loop, cst.For) and bounded_iterable(loop.iter)
+    return not bounded and runs_step(rule, loop.body, forward)
+
+
+def holds_batch_loop(rule, body, depth: int = 0) -> bool:
+    """``body`` contains a loop over batches that trains or iterates a loader, or calls a local function
+    that does (``train_one_epoch(...)``, ``self.evaluate()``)."""
+    key = ("holds-batch-loop", id(body))
+    if key not in rule.ctx.cache:
+        rule.ctx.cache[key] = False  # recursion guard
+        rule.ctx.cache[key] = any(
+            isinstance(n, (cst.For, cst.While)) and is_batch_loop(rule, n, forward=False)
+            or isinstance(n, cst.Call) and depth < 3 and (fn := local_callee(rule, n)) is not None
+            and fn.body is not body and holds_batch_loop(rule, fn.body, depth + 1)
+            for n in walk_own(body))
+    return rule.ctx.cache[key]
+
+
+def loop_level(rule, node) -> Tuple[Optional[str], Optional[cst.CSTNode]]:
+    """How often ``node`` runs, with the loop that decides it: ``("batch", loop)`` inside a loop over
+    data; ``("epoch", loop)`` in the body of a loop that contains (or calls a function containing) the
+    loop over data but outside it, so once per pass over the data; ``(None, None)`` otherwise."""
+    child = node
+    for a in rule.ancestors(node):
+        if isinstance(a, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            break
+        if isinstance(a, (cst.For, cst.While)) and child is a.body:
+            if iterates_batches(rule, a):
+                return "batch", a
+            if holds_batch_loop(rule, a.body) and not any(_trains(rule, c) for c in _level_calls(a.body)):
+                return "epoch", a
+            if is_batch_loop(rule, a):
+                return "batch", a
+        child = a
+    return None, None

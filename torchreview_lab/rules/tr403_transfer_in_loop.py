@@ -5,6 +5,7 @@ from typing import Optional, Set
 import libcst as cst
 
 from ..findings import Fix
+from ._loops import loop_level
 from ._torch import (
     _target_names,
     enclosing_loops,
@@ -55,7 +56,10 @@ class TransferInLoop(Rule):
 
     What it does:
         Flags ``x.to(device)``, ``x.cuda()`` and ``x.cpu()`` inside a loop body when ``x`` is not
-        rebound by the loop: the same data is transferred again on every iteration.
+        rebound by the loop: the same data is transferred again on every iteration. A copy in the
+        body of an epoch loop but outside the loop over batches it contains (``val_x.to(device)``
+        once per epoch, next to ``for xb in loader:``) runs once per pass over the data and is not
+        reported.
 
     Why is this bad:
         Each call is a full copy across PCIe (and a host sync for ``.cpu()``), repeated for data
@@ -82,6 +86,8 @@ class TransferInLoop(Rule):
         "def f(ctx, a, n):\n    for i in range(n):\n        t = ctx.to(ctx.mul(a, i), dtype=a.dtype)\n    return t\n",
         "def f(scale, groups):\n    for device, ts in groups.items():\n        s = scale.to(device)\n    return s\n",
         "def f(x, steps):\n    for i in range(steps):\n        x = x + 1\n        y = x.cpu()\n    return y\n",
+        "def fit(net, loader, opt, xv, dev):\n    for ep in range(3):\n        for x in loader:\n"
+        "            net(x).sum().backward()\n            opt.step()\n        print(net(xv.to(dev)))\n",
     ]
     INVALID = [
         Invalid("def train(model, x, y, device, steps):\n    for _ in range(steps):\n        out = model(x.to(device))\n    return out\n", line=3),
@@ -126,7 +132,7 @@ class TransferInLoop(Rule):
             return  # a dtype cast or an unrelated ``.to`` method, not a transfer
         mc = method_call(node)
         name = loop_invariant_name(self, node, mc[0]) if mc else None
-        if name is None or self._target_varies(node):
+        if name is None or self._target_varies(node) or loop_level(self, node)[0] == "epoch":
             return
         call = self.code_for(node)
         self.report(

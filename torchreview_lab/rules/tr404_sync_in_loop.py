@@ -5,9 +5,14 @@ import libcst as cst
 from ..findings import Fix
 from ._context import graph_function
 from ._knowledge import TENSOR_FACTORIES
-from ._syncs import SYNC_EXPLANATIONS, chain_methods, outer_of_chain, sync_method
-from ._torch import in_loop_body, in_raise, kwarg, method_call, torch_function, walk
+from ._syncs import SYNC_EXPLANATIONS, chain_methods, outer_of_chain, sync_cost, sync_method
+from ._torch import in_loop_body, in_raise, kwarg, method_call, torch_function
 from .base import Invalid, Rule
+
+
+_HOW_OFTEN = {"train": "on every training step", "eval": "once per evaluation batch", "loop": "on every loop step",
+              "periodic": "on the loop steps its `if` selects",
+              "copies": "on every loop step, on a value computed before it"}
 
 
 class SyncInLoop(Rule):
@@ -15,7 +20,14 @@ class SyncInLoop(Rule):
 
     What it does:
         Flags ``.item()``, ``.tolist()``, ``.numpy()``, ``.cpu()`` and ``.nonzero()`` inside a loop
-        body (``.cpu().numpy()`` chains are reported once).
+        body (``.cpu().numpy()`` chains are reported once) when it runs once per step. A sync in the
+        body of an epoch loop but outside the loop over batches it contains (directly or through a
+        function of the document) runs once per epoch and is not reported. Severity: medium once per
+        training step, or per iteration of another loop that computes what it syncs; low under a
+        rarely-true guard (``if step % 50 == 0:``, periodic logging) and in a loop that reads values
+        computed before it (``for v in metrics.values(): v.item()``: small copies, not stalls); once
+        per evaluation batch (``correct += (pred == y).sum().item()``, the standard way to accumulate
+        metrics) low in research and medium in production, where the stalls add up in eval jobs.
 
     Why is this bad:
         On CUDA each of these blocks the host until every queued kernel has finished and then
@@ -45,10 +57,16 @@ class SyncInLoop(Rule):
         "import torch\ndef seeds(rng, n):\n    for _ in range(n):\n        yield torch.empty((), dtype=torch.int64).random_(generator=rng).item()\n",
         "import torch\ndef order(n, g, epochs):\n    for _ in range(epochs):\n        yield from torch.randperm(n, generator=g).tolist()\n",
         "import torch\nclass M(torch.nn.Module):\n    def forward(self, xs):\n        for x in xs:\n            v = x.item()\n        return v\n",
+        # once per epoch, outside the loop over batches
+        "def fit(model, loader, opt, x_val):\n    for epoch in range(3):\n        for x in loader:\n"
+        "            model(x).sum().backward()\n            opt.step()\n        print(model(x_val).mean().item())\n",
     ]
     INVALID = [
         Invalid("def step(model, batch):\n    for x in batch:\n        y = model(x).cpu().numpy()\n    return y\n", line=3),
         Invalid("def fit(losses):\n    t = 0.0\n    for loss in losses:\n        t += loss.item()\n    return t\n", line=4),
+        Invalid("def fit(model, loader, opt):\n    for epoch in range(3):\n        for x in loader:\n"
+                "            loss = model(x).sum()\n            loss.backward()\n            opt.step()\n"
+                "            print(loss.item())\n", line=7),
         Invalid("import torch\ndef f(xs):\n    i = 0\n    while i < 3:\n        idx = torch.nonzero(xs[i])\n        i += 1\n    return idx\n", line=5),
     ]
 
@@ -64,31 +82,23 @@ class SyncInLoop(Rule):
             return  # a tensor just created on the host: no device round trip
         if meth == "cpu" and self._loop_invariant_receiver(node):
             return  # TR403 reports the copy of a loop-invariant tensor
-        periodic = self._periodic(node)
+        where, severity = sync_cost(self, node)
+        if where == "epoch":
+            return  # once per pass over the data, outside the loop over batches
         chain = chain_methods(self, node)
         calls = "".join(f".{c}()" for c in chain)
         why = "; ".join(SYNC_EXPLANATIONS[c] for c in dict.fromkeys(chain))
         self.report(
             node,
-            problem=f"`{self.code_for(node)}` runs on every loop step: `{calls}` {why}.",
+            problem=f"`{self.code_for(node)}` runs {_HOW_OFTEN[where]}: `{calls}` {why}.",
             impact=("Each step blocks the host until the GPU queue drains and copies data back: the GPU idles "
                     "between steps and throughput drops to the speed of the round trip."),
             fix=Fix(before=self.code_for(node),
                     after="# keep per-step values on the device (detach(), torch.stack/cat),\n"
                           "# convert once after the loop: torch.stack(vals).cpu().numpy()"),
-            # under `if step % N == 0` (periodic logging) the sync happens every N steps only
-            severity="low" if periodic else "medium",
-            evidence={"chain": chain, "periodic": periodic},
+            severity=severity,
+            evidence={"chain": chain, "periodic": where == "periodic", "loop": where},
         )
-
-    def _periodic(self, node: cst.Call) -> bool:
-        """Inside ``if <i> % <n> ...`` within the loop body."""
-        for a in self.ancestors(node):
-            if isinstance(a, (cst.For, cst.While, cst.FunctionDef)):
-                return False
-            if isinstance(a, cst.If) and any(isinstance(b.operator, cst.Modulo) for b in walk(a.test, cst.BinaryOperation)):
-                return True
-        return False
 
     def _fresh_cpu_tensor(self, node: cst.Call) -> bool:
         cur = node

@@ -5,8 +5,8 @@ from typing import Dict, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
-from ._syncs import sync_method
-from ._torch import in_loop_body, module_functions, walk_own
+from ._syncs import sync_cost, sync_method
+from ._torch import enclosing_function, in_loop_body, module_functions, walk_own
 from .base import Invalid, Rule
 
 
@@ -17,7 +17,11 @@ class SyncViaHelperInLoop(Rule):
         Follows calls into the document's own functions (across notebook cells): when a loop body
         calls a function that, directly or through the functions it calls, runs ``.item()``,
         ``.tolist()``, ``.numpy()``, ``.cpu()`` or ``nonzero``, the call site is reported. The sync
-        itself, seen inside the helper, is not in a loop, so no lexical rule can see it.
+        itself, seen inside the helper, is not in a loop, so no lexical rule can see it. A call that
+        runs once per epoch is not reported: in the body of a loop that contains the loop over
+        batches, or a call to a helper that itself loops over the batches (``train_one_epoch(...)``,
+        ``evaluate(...)`` called once per epoch). Severity as TR404: low under a rarely-true guard,
+        low (research) / medium (production) per evaluation batch, medium per training step.
 
     Why is this bad:
         On CUDA each call blocks the host until the GPU queue drains and copies a value back: once
@@ -44,6 +48,12 @@ class SyncViaHelperInLoop(Rule):
         "def norm(h):\n    return h.norm().detach()\n\ndef run(hs):\n    return [norm(h) for h in hs]\n",
         "def norm(h):\n    return h.norm().item()\n\ndef run(h):\n    return norm(h)\n",
         "def norm(h):\n    return h.norm().item()\n\ndef norm2(h):\n    return norm(h)\n",
+        "def to_host(x):\n    if isinstance(x, dict):\n        return {k: to_host(v) for k, v in x.items()}\n"
+        "    return x.cpu()\n",
+        # a helper that loops over the batches, called once per epoch
+        "def evaluate(model, loader):\n    s = sum(model(x).sum() for x in loader)\n    return s.item()\n\n"
+        "def fit(model, loader, val_loader, opt):\n    for epoch in range(3):\n        for x in loader:\n"
+        "            model(x).sum().backward()\n            opt.step()\n        print(evaluate(model, val_loader))\n",
     ]
     INVALID = [
         Invalid("def norm(h):\n    return h.norm().item()\n\ndef run(hs):\n    out = []\n    for h in hs:\n"
@@ -76,16 +86,36 @@ class SyncViaHelperInLoop(Rule):
         self._memo[name] = found
         return found
 
+    def _reaches(self, name: str, target: str) -> bool:
+        """``target`` is ``name`` or a function that ``name`` calls, directly or not."""
+        seen, todo = set(), [name]
+        while todo:
+            cur = todo.pop()
+            if cur == target:
+                return True
+            if cur in seen or cur not in self._functions:
+                continue
+            seen.add(cur)
+            todo.extend(c.func.value for c in walk_own(self._functions[cur].body, cst.Call)
+                        if isinstance(c.func, cst.Name))
+        return False
+
     def visit_Call(self, node: cst.Call) -> None:
         if not isinstance(node.func, cst.Name) or node.func.value not in self._functions:
             return
         if not in_loop_body(self, node):
             return
+        caller = enclosing_function(self, node)
+        if caller is not None and self._reaches(node.func.value, caller.name.value):
+            return  # a recursive walk over a nested structure (``to_numpy`` of a dict): the copy is its job
         hit = self._syncs(node.func.value)
         if hit is None:
             return
-        where, call = hit
-        via = "" if where == node.func.value else f" (through `{where}`)"
+        where, severity = sync_cost(self, node)
+        if where == "epoch":
+            return  # once per pass over the data: the helper's own per-batch syncs are TR404's
+        where_fn, call = hit
+        via = "" if where_fn == node.func.value else f" (through `{where_fn}`)"
         self.report(
             node,
             problem=(f"`{node.func.value}(...)` is called on every loop step and forces a host-device sync "
@@ -93,7 +123,8 @@ class SyncViaHelperInLoop(Rule):
             impact=("Each step blocks the host until the GPU queue drains and copies a value back; the GPU idles "
                     "between steps, and the cost is invisible where the loop is written."),
             fix=Fix(before=self.code_for(node),
-                    after=f"# make `{where}` return a tensor (drop `.item()`/`.cpu()`), collect on the device,\n"
+                    after=f"# make `{where_fn}` return a tensor (drop `.item()`/`.cpu()`), collect on the device,\n"
                           f"# and convert once after the loop"),
-            evidence={"helper": where, "sync": call},
+            severity=severity,
+            evidence={"helper": where_fn, "sync": call, "loop": where},
         )
