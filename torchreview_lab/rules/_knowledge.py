@@ -159,3 +159,21 @@ OUT_OF_PLACE_WHEN_TENSOR = frozenset({
     "clone", "add", "sub", "mul", "div", "pow", "exp", "log", "abs", "sqrt", "neg", "t", "round", "floor",
     "ceil", "sign", "tanh", "where", "scatter",
 })
+
+# -- training-loop protocol (TR614-TR618) ----------------------------------------------------
+# Gradient clipping functions of torch.nn.utils (they modify ``.grad`` in place).
+CLIP_GRAD_FUNCTIONS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grads_with_norm_"})
+# Loss scalers whose ``scale(loss).backward()`` leaves gradients multiplied by the scale until ``unscale_``.
+GRAD_SCALER_CLASSES = frozenset({"GradScaler", "ShardedGradScaler"})
+# Samplers that shuffle by a seed plus the epoch set with ``set_epoch`` (the same order every epoch without it).
+EPOCH_SEEDED_SAMPLERS = frozenset({"DistributedSampler", "ElasticDistributedSampler"})
+# Module methods iterating its tensors: "tensor" yields them, "named" yields (name, tensor) pairs.
+PARAMETER_ITERATORS = {"parameters": "tensor", "buffers": "tensor", "named_parameters": "named",
+                       "named_buffers": "named"}
+# Tensor methods that keep a loss's scale (so a division of the result is a division of the loss).
+SCALE_KEEPING_METHODS = frozenset({"mean", "sum", "nanmean", "nansum", "float", "double", "half", "bfloat16", "to",
+                                   "squeeze", "view", "reshape", "flatten", "contiguous", "clone", "cuda", "cpu",
+                                   "type_as", "add", "sub", "add_", "sub_"})
+# Methods and torch functions that divide or multiply a tensor: a loss passed through one counts as scaled.
+SCALING_OPS = frozenset({"div", "div_", "divide", "true_divide", "true_divide_", "__truediv__", "mul", "mul_",
+                         "multiply", "__mul__"})
