@@ -6,6 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._context import under_cuda_guard
+from ._devices import gpu_guarded
 from ._torch import in_loop_body, is_method_call, kwarg, positional, torch_function
 from .base import Invalid, Rule
 
@@ -22,8 +23,13 @@ class HardcodedCuda(Rule):
     """The device is hard-coded to CUDA.
 
     What it does:
-        Flags ``.cuda()``, ``.to("cuda")``, ``device="cuda"`` and ``torch.device("cuda")`` that are
-        not under a CUDA-availability check. Inside a loop body it also names the per-step copy.
+        Flags ``.cuda()``, ``.cuda(0)``, ``.to("cuda")``, ``device="cuda"``, ``torch.device("cuda")`` and
+        ``torch.device("cuda:0")`` that are not under a CUDA-availability check (an enclosing ``if``, an
+        early ``if not torch.cuda.is_available(): return``/``pytest.skip``, a ``skipif`` decorator).
+        Inside a loop body it also names the per-step copy. A CUDA device whose index is computed
+        (``torch.device("cuda", local_rank)``, ``f"cuda:{local_rank}"``, ``.cuda(rank)``) is the
+        canonical torchrun/DDP placement of one process per GPU, not hard-coding, and is not flagged;
+        nor is a comparison such as ``dev == torch.device("cuda")``.
 
     Why is this bad:
         The code crashes on machines without a GPU (CPU CI, laptops, Apple silicon), cannot be
@@ -50,17 +56,31 @@ class HardcodedCuda(Rule):
         "import torch\ndef f(x, device):\n    return x.to(device)\n",
         "import torch\ndef f(x):\n    if torch.cuda.is_available():\n        x = x.cuda()\n    return x\n",
         "def f(t, device):\n    return t.cuda(device)\n",
+        "import os\nimport torch\nimport torch.distributed as dist\ndef setup():\n    dist.init_process_group('nccl')\n"
+        "    local_rank = int(os.environ['LOCAL_RANK'])\n    torch.cuda.set_device(local_rank)\n"
+        "    return torch.device('cuda', local_rank)\n",
+        "import os\nimport torch\ndev = torch.device('cuda', int(os.environ['LOCAL_RANK']))\n",
+        "import torch\ndef setup(rank):\n    return torch.device(f'cuda:{rank}')\n",
+        "import torch\ndef on_gpu(m):\n    return next(m.parameters()).device == torch.device('cuda')\n",
+        "import torch\ndef test_gpu(x):\n    if not torch.cuda.is_available():\n        return\n    y = x.to('cuda')\n",
+        "import pytest\nimport torch\n@pytest.mark.skipif(not torch.cuda.is_available(), reason='gpu')\n"
+        "def test_gpu(x):\n    return x.cuda()\n",
+        "class D:\n    def __init__(self, x, use_gpu=False):\n        self.x = x\n        if use_gpu:\n"
+        "            self.x = x.cuda()\n",
     ]
     INVALID = [
         Invalid("import torch\ndef step(model, batch):\n    for x in batch:\n        x = x.cuda()\n        model(x)\n", line=4),
         Invalid("import torch\nx = torch.zeros(3, device='cuda')\n", line=2),
         Invalid("import torch\ndev = torch.device('cuda:0')\n", line=2),
         Invalid("def f(x):\n    return x.to('cuda')\n", line=2),
+        Invalid("import torch\nimport torch.distributed as dist\ndist.init_process_group('nccl')\n"
+                "device = torch.device('cuda', 0)\n", line=4),
+        Invalid("import torch\ndef f(model):\n    if model.training:\n        return\n    return model.cuda()\n", line=5),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
         what = self._hardcoded(node)
-        if what is None or under_cuda_guard(self, node):
+        if what is None or under_cuda_guard(self, node) or gpu_guarded(self, node):
             return
         in_loop = in_loop_body(self, node)
         problem = f"`{self.code_for(node)}` hard-codes the CUDA device ({what})."
@@ -92,9 +112,14 @@ class HardcodedCuda(Rule):
         fname = torch_function(self, node)
         if fname == "device":
             pos = positional(node)
-            if pos and _cuda_string(pos[0].value):
-                return f"`torch.device({_cuda_string(pos[0].value)!r})`"
-            return None
+            kind = pos[0].value if pos else (kwarg(node, "type").value if kwarg(node, "type") else None)
+            index = pos[1].value if len(pos) > 1 else (kwarg(node, "index").value if kwarg(node, "index") else None)
+            if kind is None or not _cuda_string(kind) or (index is not None and not isinstance(index, cst.Integer)):
+                return None  # torch.device("cuda", local_rank): the process's device, chosen at run time
+            if isinstance(self.parent(node), (cst.ComparisonTarget, cst.Comparison)):
+                return None  # dev == torch.device("cuda") tests the device, it does not place anything
+            shown = _cuda_string(kind) + (f":{index.value}" if index is not None else "")
+            return f"`torch.device({shown!r})`"
         dev = kwarg(node, "device")
         if dev is not None and _cuda_string(dev.value) and fname is not None:
             return f"`device={_cuda_string(dev.value)!r}`"
