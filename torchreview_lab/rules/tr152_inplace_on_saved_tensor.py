@@ -5,12 +5,16 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import in_no_grad
+from ._bindings import may_precede, python_number, reaching_value, same_binding
+from ._context import is_module_class
+from ._flow import called_only_under_no_grad, graph_reason, in_no_grad
 from ._knowledge import INPLACE_METHODS, SAVES_INPUT, SAVES_OUTPUT, SAVES_OUTPUT_METHODS
-from ._torch import enclosing_function, is_method_call, method_call, positional, torch_function, walk, walk_own
+from ._torch import (dotted_name, enclosing_class, enclosing_function, is_method_call, method_call, positional,
+                     torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
 _SAVING_BINOPS = (cst.Multiply, cst.MatrixMultiply, cst.Divide, cst.Power)
+_UPDATES = ("addcmul_", "addcdiv_", "lerp_", "_foreach_")  # optimizer-update ops
 
 
 class InplaceOnSavedTensor(Rule):
@@ -19,8 +23,10 @@ class InplaceOnSavedTensor(Rule):
     What it does:
         Flags an in-place op (``y.add_(1)``, ``y += 1``, ``y[i] = v``) on a tensor that is the output
         of an op whose backward reads its output (``exp``, ``sigmoid``, ``tanh``, ``softmax``,
-        ``sqrt``, ``relu``), or on a tensor that was already used as an input of an op that saves
-        its inputs (``x * w``, ``x @ w``, ``torch.log(x)``, ``x ** 2``), outside ``no_grad``.
+        ``sqrt``, ``relu``) by the one assignment that reaches the in-place op (silent when several
+        can), or on a tensor that was already used as an input of an op that saves its inputs
+        (``x * w``, ``x @ w``, ``torch.log(x)``, ``x ** 2``), outside ``no_grad``; not in an autograd.Function
+        ``backward``, in optimizer-update code (``.grad``/``.data``, ``addcmul_``) or on Python numbers.
 
     Why is this bad:
         Backward needs the saved values. Autograd detects the change through the version counter
@@ -45,12 +51,16 @@ class InplaceOnSavedTensor(Rule):
         "import torch\ndef f(x):\n    with torch.no_grad():\n        y = torch.sigmoid(x)\n        y.mul_(2)\n    return y\n",
         "import torch\ndef f(x):\n    y = x + 1\n    y.add_(1)\n    return y\n",
         "import torch\ndef f(x, w):\n    x.add_(1)\n    return x * w\n",
+        "import torch\ndef f(x, s):\n    h = torch.sigmoid(x)\n    h = h * 2\n    h.mul_(s)\n    return h\n",
+        "import torch\ndef f(x, s, c):\n    if c:\n        h = torch.sigmoid(x)\n    else:\n        h = x * 2\n    h.mul_(s)\n    return h\n",
         "import torch\ndef update(running_mean, mean, momentum):\n    new = (1 - momentum) * running_mean + momentum * mean\n    running_mean.copy_(new)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(x):\n    y = torch.exp(x)\n    y.add_(1)\n    return y\n", line=4),
         Invalid("def f(h):\n    a = h.sigmoid()\n    a[:, 0] = 0\n    return a\n", line=3),
         Invalid("import torch\ndef f(x, w):\n    z = x * w\n    x.mul_(2)\n    return z\n", line=4),
+        Invalid("import torch\nclass Block(torch.nn.Module):\n    def forward(self, x, t, s):\n        h = self.conv(x)\n"
+                "        h = h + t\n        h = torch.sigmoid(h)\n        h.mul_(s)\n        return h\n", line=7),
         Invalid("import torch\ndef f(x):\n    p = torch.tanh(x)\n    p += 1\n    return p\n", line=4),
     ]
 
@@ -64,68 +74,77 @@ class InplaceOnSavedTensor(Rule):
             self._check(node, node.target.value, "augmented assignment")
 
     def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        t = node.target
-        if isinstance(t, cst.Subscript) and isinstance(t.value, cst.Name):
-            self._check(self.parent(node), t.value.value, "item assignment")
+        if isinstance(node.target, cst.Subscript) and isinstance(node.target.value, cst.Name):
+            self._check(self.parent(node), node.target.value.value, "item assignment")
 
     def _check(self, node, name: str, how: str) -> None:
         fn = enclosing_function(self, node)
-        if fn is None or in_no_grad(self, node):
+        if fn is None or in_no_grad(self, node) or self._without_autograd(fn):
             return
-        why, sev = self._saved_output(fn, name), None
-        if why is None:
-            # the input case depends on whether the *other* operand requires grad: less certain
-            why, sev = self._saved_input(fn, name, self.line_of(node)), "medium"
-        if why is None:
-            return
-        self.report(
-            node,
-            problem=f"`{self.code_for(node).strip()}` modifies `{name}` in place ({how}), but {why}.",
-            impact=("loss.backward() raises 'one of the variables needed for gradient computation has been modified "
-                    "by an inplace operation' whenever the inputs require grad."),
-            fix=Fix(before=self.code_for(node).strip(), after=f"{name} = <out-of-place version, e.g. {name} + 1>"),
-            severity=sev,
-        )
+        why, sev = self._saved_output(fn, name, node), None
+        if why is None:  # the input case depends on whether the *other* operand requires grad: less certain
+            why, sev = self._saved_input(fn, name, node), "medium"
+        if why is not None:
+            self.report(
+                node,
+                problem=f"`{self.code_for(node).strip()}` modifies `{name}` in place ({how}), but {why}.",
+                impact=("loss.backward() raises 'one of the variables needed for gradient computation has been "
+                        "modified by an inplace operation' whenever the inputs require grad."),
+                fix=Fix(before=self.code_for(node).strip(), after=f"{name} = <out-of-place version, e.g. {name} + 1>"),
+                severity=sev,
+            )
 
-    def _saved_output(self, fn, name: str) -> Optional[str]:
-        vals = self._plain_assigned(fn, name)
-        if len(vals) != 1 or not isinstance(vals[0], cst.Call):
-            return None
-        call = vals[0]
+    def _saved_output(self, fn, name: str, node) -> Optional[str]:
+        call = reaching_value(self, fn, name, node)  # the one binding that reaches the in-place op
+        if not isinstance(call, cst.Call) or len(self._plain_assigned(fn, name)) > 1 and not (
+                is_module_class(self, enclosing_class(self, fn)) or graph_reason(self, fn, fn.body, call)):
+            return None  # a rebound name: only where autograd is evidently on (a module's method, a model's output)
         tf = torch_function(self, call)
         op = tf if tf in SAVES_OUTPUT else is_method_call(self, call, SAVES_OUTPUT_METHODS)
-        if not op or tf == "pow":
-            return None
-        return f"it is the output of `{op}`, whose backward reads that output"
+        return f"it is the output of `{op}`, whose backward reads that output" if op and tf != "pow" else None
 
-    def _saved_input(self, fn, name: str, before_line: int) -> Optional[str]:
-        if len(self._plain_assigned(fn, name)) > 1:
+    def _without_autograd(self, fn: cst.FunctionDef) -> bool:
+        """An autograd.Function ``backward``, code only called under ``no_grad``, or optimizer code (reads ``.grad``/
+        ``.data``, runs ``addcmul_``-style updates, or is in a document defining a torch.optim Optimizer)."""
+        cls, key = enclosing_class(self, fn), ("tr152-optimizer-document",)
+        if key not in self.ctx.cache:
+            self.ctx.cache[key] = any(q.startswith("torch.optim") and q.endswith(".Optimizer") for c in walk(
+                self.ctx.module, cst.ClassDef) for b in c.bases for q in self.qnames(b.value) or {  # or relative
+                "torch.optim." + (dotted_name(b.value) or "")})
+        return fn.name.value == "backward" and cls is not None or called_only_under_no_grad(self, fn) or any(
+            (dotted_name(d.decorator) or "").endswith("once_differentiable") for d in fn.decorators) or any(
+            isinstance(n, cst.Attribute) and n.attr.value in ("grad", "data") or isinstance(n, cst.Call) and (
+                method_call(n) or ("", ""))[1].startswith(_UPDATES) for n in walk_own(fn.body)) or (
+            self.ctx.cache[key] and not is_module_class(self, cls))
+
+    def _saved_input(self, fn, name: str, node) -> Optional[str]:
+        vals, before_line = self._plain_assigned(fn, name), self.line_of(node)
+        if len(vals) > 1 or any(python_number(self, v) for v in vals):
             return None
-        for n in walk_own(fn.body):
-            if isinstance(n, cst.BinaryOperation) and isinstance(n.operator, _SAVING_BINOPS):
+        for n in walk_own(fn.body, (cst.BinaryOperation, cst.Call)):
+            if isinstance(n, cst.BinaryOperation):
                 sides = (n.left, n.right) if not isinstance(n.operator, cst.Divide) else (n.right,)
-                if any(isinstance(s, cst.Name) and s.value == name for s in sides) and self.line_of(n) < before_line \
-                        and not self._constant_other(n, name) and not in_no_grad(self, n):
-                    return f"it was already used in `{self.code_for(n)}`, which saves it for backward"
-            elif isinstance(n, cst.Call) and torch_function(self, n) in SAVES_INPUT and self.line_of(n) < before_line:
-                if any(isinstance(a.value, cst.Name) and a.value.value == name for a in positional(n)) and not in_no_grad(self, n):
-                    return f"it was already used in `{self.code_for(n)}`, which saves it for backward"
+                hit = isinstance(n.operator, _SAVING_BINOPS) and any(isinstance(s, cst.Name) and s.value == name
+                                                                     for s in sides) and not self._constant_other(n, name)
+                hit = hit and not any(isinstance(a, cst.Call) and python_number(self, a) for a in self.ancestors(n))
+            else:
+                hit = torch_function(self, n) in SAVES_INPUT and any(
+                    isinstance(a.value, cst.Name) and a.value.value == name for a in positional(n))
+            if hit and self.line_of(n) < before_line and not in_no_grad(self, n) and may_precede(self, n, node) \
+                    and same_binding(self, fn, name, n, node):  # the op saved this very tensor
+                return f"it was already used in `{self.code_for(n)}`, which saves it for backward"
         return None
 
     @staticmethod
     def _plain_assigned(fn, name: str):
-        out = []
-        for n in walk_own(fn.body, cst.Assign):
-            if any(isinstance(t.target, cst.Name) and t.target.value == name for t in n.targets):
-                out.append(n.value)
-        return out
+        return [n.value for n in walk_own(fn.body, (cst.Assign, cst.AnnAssign)) if n.value is not None and any(
+            isinstance(t, cst.Name) and t.value == name for t in ([x.target for x in n.targets] if isinstance(
+                n, cst.Assign) else [n.target]))]
 
     @staticmethod
     def _constant_other(n: cst.BinaryOperation, name: str) -> bool:
         other = n.right if isinstance(n.left, cst.Name) and n.left.value == name else n.left
-        if isinstance(other, (cst.Integer, cst.Float)):
-            return True
-        # (1 - momentum) * x: an expression with a numeric literal and no tensor call is a Python scalar
-        return isinstance(other, cst.BinaryOperation) and any(isinstance(x, (cst.Integer, cst.Float))
-                                                              for x in (other.left, other.right)) \
-            and not any(True for _ in walk(other, cst.Call))
+        # a number, a str/tuple/list repeated, or (1 - momentum) * x: numeric literals and no tensor call
+        return isinstance(other, (cst.Integer, cst.Float, cst.SimpleString, cst.FormattedString, cst.Tuple, cst.List)) \
+            or isinstance(other, cst.BinaryOperation) and not any(True for _ in walk(other, cst.Call)) and any(
+                isinstance(x, (cst.Integer, cst.Float)) for x in (other.left, other.right))

@@ -5,9 +5,19 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import in_no_grad
-from ._torch import in_loop_body, method_call, walk
+from ._context import bound_values, is_evaluation_name, is_forward, module_kind
+from ._flow import (accumulations, called_only_under_no_grad, grad_disabled_before, in_no_grad, model_sources,
+                    modes_before, scope_of)
+from ._loops import bounded_iterable, loop_derived
+from ._bindings import derived_names, instance_class
+from ._torch import dotted_name, enclosing_loops, in_loop_body, method_call, module_functions, names_in, walk, walk_own
+from ._training import writes_grads
 from .base import Invalid, Rule
+
+# Ops whose result is a number, a prediction or a metric: nothing after them needs the graph.
+_DONE = frozenset({"item", "argmax", "argmin", "cpu", "numpy", "tolist", "detach", "eq", "float", "int"})
+_TRAINING = frozenset({"step", "zero_grad", "train", "requires_grad_", "enable_grad"})
+
 
 class EvalWithoutNoGrad(Rule):
     """Evaluation (``model.eval()``) runs the model in a loop without ``torch.no_grad()``.
@@ -15,7 +25,11 @@ class EvalWithoutNoGrad(Rule):
     What it does:
         Flags a function that calls ``model.eval()`` and then calls the model inside a loop, with
         no ``torch.no_grad()``/``torch.inference_mode()`` (context or decorator) and no
-        ``.backward()`` anywhere in the function.
+        ``.backward()`` anywhere in the function. Also (High) an evaluation with neither: a loop over
+        batches that runs a model on them and accumulates metrics or predictions (``.item()``,
+        ``argmax``, comparisons; any kept output in a function named for evaluation), with nothing
+        that trains (backward, optimizer step, ``.train()``, here or in called functions) and no
+        ``no_grad`` around it, a module-level ``set_grad_enabled(False)`` or around every caller.
 
     Why is this bad:
         ``eval()`` only changes dropout and batch norm; autograd still records every op and keeps
@@ -43,11 +57,18 @@ class EvalWithoutNoGrad(Rule):
         "import torch\n@torch.no_grad()\ndef evaluate(model, xs):\n    model.eval()\n    return [model(x) for x in xs]\n",
         "import torch\ndef evaluate(model, xs):\n    model.eval()\n    with torch.inference_mode():\n        return [model(x) for x in xs]\n",
         "def finetune(model, opt, xs):\n    model.eval()  # frozen batch norm\n    for x in xs:\n        model(x).sum().backward()\n        opt.step()\n",
+        "import torch\ndef evaluate(model, loader):\n    correct = 0\n    for x, y in loader:\n"
+        "        correct += (model(x).argmax(-1) == y).sum().item()\n    return correct\n\n"
+        "def main(model, loader):\n    model.eval()\n    with torch.no_grad():\n        print(evaluate(model, loader))\n",
+        "def fit(model, loader, opt):\n    total = 0\n    for x, y in loader:\n        loss = model(x).sum()\n"
+        "        loss.backward()\n        opt.step()\n        total += loss.item()\n    return total\n",
     ]
     INVALID = [
         Invalid("def evaluate(model, loader):\n    model.eval()\n    preds = []\n    for x in loader:\n"
                 "        preds.append(model(x))\n    return preds\n", line=2),
         Invalid("def score(net, batches):\n    net.eval()\n    return sum(net(b).sum() for b in batches)\n", line=2),
+        Invalid("def evaluate(model, loader):\n    correct = 0\n    for x, y in loader:\n"
+                "        correct += (model(x).argmax(-1) == y).sum().item()\n    return correct\n", line=3),
     ]
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
@@ -59,9 +80,13 @@ class EvalWithoutNoGrad(Rule):
             if mc and mc[1] == "eval" and not c.args and isinstance(mc[0], (cst.Name, cst.Attribute)):
                 eval_call, model = c, self.code_for(mc[0])
                 break
-        if eval_call is None or any(method_call(c) and method_call(c)[1] == "backward" for c in calls):
+        if eval_call is None:
+            return self._unguarded_evaluation(node)
+        if any(method_call(c) and method_call(c)[1] == "backward" for c in calls):
             return
-        looped = [c for c in calls if self.code_for(c.func) == model and in_loop_body(self, c)]
+        looped = [c for c in calls if self.code_for(c.func) == model and in_loop_body(self, c) and not any(
+            bounded_iterable(getattr(lp, "iter", None) or getattr(getattr(lp, "for_in", None), "iter", None))
+            for lp in enclosing_loops(self, c)[:1])]  # the loop that repeats it: not `for _ in range(6)`
         if not looped or any(in_no_grad(self, c) for c in looped):
             return
         self.report(
@@ -72,3 +97,54 @@ class EvalWithoutNoGrad(Rule):
                     "training-level memory and time, and kept outputs hold their graphs."),
             fix=Fix(before=f"{model}.eval()", after=f"{model}.eval()\nwith torch.inference_mode():\n    ..."),
         )
+
+    def _unguarded_evaluation(self, fn: cst.FunctionDef) -> None:
+        """A loop over batches that runs a model and keeps metrics or predictions, with neither ``.eval()``
+        nor ``no_grad`` here or around every caller, and nothing that trains (here or in called functions)."""
+        trains = writes_grads(self, fn.body, False) or any((mc := method_call(c)) and mc[1] in _TRAINING for c in walk(fn.body, cst.Call))
+        if "train" in fn.name.value.lower() or is_forward(self, fn) or trains \
+                or grad_disabled_before(self, self.ctx.module, 10 ** 9) or called_only_under_no_grad(self, fn):
+            return
+        for loop in walk_own(fn.body, cst.For):
+            if bounded_iterable(loop.iter):
+                continue
+            runs = [c for c in walk_own(loop.body, cst.Call) if self._runs_model(fn, c)]
+            outs = derived_names(loop.body, runs)
+            accs = [(a, v) for n in walk_own(loop.body) for a, v, _ in accumulations(n)
+                    if names_in(v) & outs or any(v is c or c in walk(v) for c in runs)]
+            metric = any(isinstance(n, cst.Comparison) or (dotted_name(n.func) or (method_call(n) or ("", ""))[1]).split(
+                ".")[-1] in _DONE for _, v in accs for n in walk(v, (cst.Call, cst.Comparison)))
+            if not runs or not accs or not (metric or is_evaluation_name(fn.name.value.lower())):
+                continue
+            model, head, moded = self.code_for(runs[0].func), self.code_for(loop).splitlines()[0], self._callers_eval(fn)
+            self.report(
+                loop,
+                problem=(f"`{fn.name.value}` evaluates `{model}` over batches (keeping `{self.code_for(accs[0][0])}`) "
+                         + ("without `torch.no_grad()` (its callers call `.eval()`): autograd keeps every batch's graph."
+                            if moded else f"with neither `{model}.eval()` nor `torch.no_grad()`: BatchNorm and dropout "
+                            "run in training mode and autograd keeps every batch's graph.")),
+                impact=("" if moded else "Metrics come from a model with dropout on and batch statistics (BatchNorm "
+                        "running stats are even updated by the evaluation data); ") + "each forward stores the "
+                       "activations for a backward pass that never comes, at training-level memory and time.",
+                fix=Fix(before=head, after=f"{model}.eval()\nwith torch.inference_mode():\n    {head}"),
+                severity=None if moded else "high", category=None if moded else "algorithm-correctness",
+                title=None if moded else "Evaluation loop without model.eval() or torch.no_grad()",
+            )
+            return
+
+    def _callers_eval(self, fn: cst.FunctionDef) -> bool:
+        """Every call of ``fn`` in the document follows a ``.eval()`` call in the caller's scope."""
+        sites = [c for c in walk(self.ctx.module, cst.Call) if (dotted_name(c.func) or "").split(".")[-1] == fn.name.value]
+        return bool(sites) and all(modes_before(self, scope_of(self, c)[1], self.line_of(c))[0] for c in sites)
+
+    def _runs_model(self, fn, c: cst.Call) -> bool:
+        """A network (``model(x)``, ``self.net(x)``; built from an nn.Module class, or named as one) runs on loop
+        data with autograd on; not a criterion, a metric or a document function."""
+        name = dotted_name(c.func) or ""
+        if not name or name in module_functions(self) or in_no_grad(self, c) or any(
+                h in name.rsplit(".", 1)[-1].lower() for h in ("loss", "criterion", "metric")):
+            return False
+        network = instance_class(self, fn, c.func) is not None or any(
+            module_kind(self, fn, v) == "module" for v in bound_values(self, fn, c.func)) or any(
+            s is c for s, _ in model_sources(self, fn, c, set()))
+        return network and any(loop_derived(self, c, a.value, fn) for a in c.args)

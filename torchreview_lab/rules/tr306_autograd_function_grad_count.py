@@ -5,6 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
+from ._bindings import reaching_value, value_count
 from ._torch import walk_own
 from .base import Invalid, Rule
 
@@ -52,16 +53,24 @@ class AutogradFunctionGradCount(Rule):
     title = "autograd.Function backward returns the wrong number of gradients"
     category = "gradient-flow"
     severity = {"research": "critical", "production": "critical"}
+    _F2 = ("import torch\nclass G(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, y):\n"
+           "        return x + y\n    @staticmethod\n")
     VALID = [
         "import torch\nclass Scale(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, alpha):\n        ctx.alpha = alpha\n        return x * alpha\n    @staticmethod\n    def backward(ctx, g):\n        return g * ctx.alpha, None\n",
         "from torch.autograd import Function\nclass Id(Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x\n    @staticmethod\n    def backward(ctx, g):\n        return g\n",
         "import torch\nclass F2(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, *args):\n        return args[0]\n    @staticmethod\n    def backward(ctx, g):\n        return g\n",
         "import torch\nclass F3(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n        return x\n    @staticmethod\n    def backward(ctx, g):\n        return g, None\n",
+        _F2 + "    def backward(ctx, *grads):\n        return grads\n",
+        _F2 + "    def backward(ctx, g):\n        out = helper(g)\n        return out\n",
+        _F2 + "    def backward(ctx, g):\n        out = (g, None)\n        return out\n",
     ]
     INVALID = [
         Invalid("import torch\nclass Scale(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, alpha):\n        ctx.alpha = alpha\n        return x * alpha\n    @staticmethod\n    def backward(ctx, g):\n        return g * ctx.alpha\n", line=9),
         Invalid("from torch.autograd import Function\nclass Mul(Function):\n    @staticmethod\n    def forward(ctx, a, b, c):\n        ctx.save_for_backward(a, b)\n        return a * b\n    @staticmethod\n    def backward(ctx, g):\n        a, b = ctx.saved_tensors\n        return g * b, g * a\n", line=10),
         Invalid("import torch\nclass New(torch.autograd.Function):\n    @staticmethod\n    def forward(x, y):\n        return x + y\n    @staticmethod\n    def setup_context(ctx, inputs, output):\n        pass\n    @staticmethod\n    def backward(ctx, g):\n        return g, g, g\n", line=11),
+        Invalid(_F2 + "    def backward(ctx, *grads):\n        all_grads = torch.stack(grads)\n"
+                "        return all_grads[0]\n", line=9),
+        Invalid(_F2 + "    def backward(ctx, g):\n        gx = g.clone()\n        return gx\n", line=9),
     ]
 
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
@@ -75,12 +84,17 @@ class AutogradFunctionGradCount(Rule):
             return
         params = list(p.posonly_params) + list(p.params) + list(p.kwonly_params)
         n_in = len(params) - (0 if _method(node, "setup_context") is not None else 1)
+        bp = bwd.params
+        grads = {p.name.value for p in list(bp.posonly_params) + list(bp.params)[1:]}
+        if isinstance(bp.star_arg, cst.Param):
+            grads.add("*" + bp.star_arg.name.value)
         for ret in walk_own(bwd.body, cst.Return):
-            n_out = self._count(ret.value)
+            n_out = value_count(self, bwd, ret.value, grads)
             if n_out is None or n_out == n_in:
                 continue
-            extra_none = n_out > n_in and all(
-                isinstance(e.value, cst.Name) and e.value.value == "None" for e in ret.value.elements[n_in:])
+            lit = reaching_value(self, bwd, ret.value.value, ret.value) if isinstance(ret.value, cst.Name) else ret.value
+            extra_none = n_out > n_in and isinstance(lit, (cst.Tuple, cst.List)) and all(
+                isinstance(e.value, cst.Name) and e.value.value == "None" for e in lit.elements[n_in:])
             if extra_none:
                 continue
             self.report(
@@ -96,16 +110,3 @@ class AutogradFunctionGradCount(Rule):
     def _is_function_base(self, base) -> bool:
         return bool(self.qnames(base) & _FUNCTION_BASES) or self.code_for(base).replace(" ", "") in (
             "torch.autograd.Function", "autograd.Function")
-
-    @staticmethod
-    def _count(value) -> Optional[int]:
-        if value is None:
-            return None
-        if isinstance(value, cst.Tuple):
-            if any(isinstance(e, cst.StarredElement) for e in value.elements):
-                return None
-            return len(value.elements)
-        if isinstance(value, (cst.Name, cst.Call, cst.Subscript, cst.Attribute, cst.IfExp, cst.ListComp,
-                              cst.GeneratorExp)):
-            return None  # may be a tuple built elsewhere
-        return 1

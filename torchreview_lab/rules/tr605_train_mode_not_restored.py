@@ -1,23 +1,29 @@
 from __future__ import annotations
 
-from typing import Dict, Optional, Set
+from typing import Dict, FrozenSet, Set
 
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import method_call, module_functions, walk, walk_own
+from ._flow import in_no_grad, runs_forward
+from ._torch import dotted_name, enclosing_function, function_facts, method_call, module_functions, walk, walk_own
+from ._training import optimizers, param_roots, stepped
 from .base import Invalid, Rule
 
 
 def _calls_method(scope: cst.CSTNode, name: str) -> bool:
-    return any(method_call(c) is not None and method_call(c)[1] == name and not c.args
-               for c in walk(scope, cst.Call))
+    return any((mc := method_call(c)) is not None and mc[1] == name and not c.args for c in walk(scope, cst.Call))
+
+
+def _same(evaluated: str, trained: str) -> bool:
+    """``model.eval()`` covers ``model`` and its submodules; ``ddp.module.eval()`` the wrapped network."""
+    return evaluated == trained or trained.startswith(evaluated + ".") or evaluated in (
+        trained + ".module", trained + "._orig_mod")
 
 
 def _is_training_loop(loop: cst.For) -> bool:
     """The loop body runs ``loss.backward()`` and ``<optimizer>.step()``."""
-    methods = {method_call(c)[1] for c in walk(loop.body, cst.Call) if method_call(c) is not None}
-    return "backward" in methods and "step" in methods
+    return {"backward", "step"} <= {mc[1] for c in walk(loop.body, cst.Call) if (mc := method_call(c))}
 
 
 class TrainModeNotRestored(Rule):
@@ -26,7 +32,9 @@ class TrainModeNotRestored(Rule):
     What it does:
         Flags a training loop (a loop whose body calls ``.backward()`` and ``optimizer.step()``)
         in a function that never calls ``model.train()``, when that function (directly, or
-        through a function of the same document it calls) runs ``model.eval()``. High when the
+        through a function of the same document it calls) runs ``model.eval()`` on the network the
+        loop trains (the owner of the stepped optimizer's parameters, else the network it runs): the
+        same name or attribute chain, not a copy such as ``ema = deepcopy(model).eval()``. High when the
         evaluation runs inside the training loop itself; Medium when it only happens in a
         function the training calls before the loop.
 
@@ -59,6 +67,11 @@ class TrainModeNotRestored(Rule):
         "        for x in data:\n            loss = model(x).sum()\n            loss.backward()\n            opt.step()\n"
         "        evaluate(model, data)\n",
         "def fit(model, opt, data):\n    for x in data:\n        loss = model(x).sum()\n        loss.backward()\n        opt.step()\n",
+        "import copy, torch\ndef fit(model, data):\n    ema = copy.deepcopy(model).eval()\n"
+        "    opt = torch.optim.SGD(model.parameters(), lr=0.1)\n    for x in data:\n        model(x).sum().backward()\n"
+        "        opt.step()\n        update(ema, model)\n",
+        "def fit(model, ema_model, opt, data):\n    ema_model.eval()\n    for x in data:\n"
+        "        model(x).sum().backward()\n        opt.step()\n",
     ]
     INVALID = [
         Invalid("def evaluate(model, xs):\n    model.eval()\n    return [model(x) for x in xs]\n\n"
@@ -72,21 +85,43 @@ class TrainModeNotRestored(Rule):
 
     def visit_Module(self, node: cst.Module) -> None:
         self._functions = module_functions(self)
-        self._memo: Dict[str, bool] = {}
+        self._memo: Dict[str, Set[str]] = {}
 
-    def _evaluates(self, scope: cst.CSTNode, seen: Optional[Set[str]] = None) -> bool:
-        """``scope`` calls ``.eval()`` itself or through the document's functions it calls."""
-        seen = seen or set()
-        if _calls_method(scope, "eval"):
-            return True
+    def _evaluated(self, scope: cst.CSTNode, seen: FrozenSet[str] = frozenset()) -> Set[str]:
+        """What ``scope`` puts in eval mode (``x.eval()`` receivers, a name or attribute chain), itself or
+        through the document's functions it calls, their parameters replaced by the arguments passed."""
+        out = {self.code_for(mc[0]) for c in walk(scope, cst.Call) if (mc := method_call(c)) and mc[1] == "eval"
+               and not c.args and dotted_name(mc[0])}
         for c in walk(scope, cst.Call):
-            if isinstance(c.func, cst.Name) and c.func.value in self._functions and c.func.value not in seen:
-                name = c.func.value
-                if name not in self._memo:
-                    self._memo[name] = self._evaluates(self._functions[name], seen | {name})
-                if self._memo[name]:
-                    return True
-        return False
+            name = c.func.value if isinstance(c.func, cst.Name) else None
+            if name not in self._functions or name in seen:
+                continue
+            if name not in self._memo:  # raw codes, the callee's parameter names included
+                self._memo[name] = self._evaluated(self._functions[name].body, seen | {name})
+            params = function_facts(self, self._functions[name]).params
+            args = {**dict(zip(params, (a.value for a in c.args if not a.keyword and not a.star))),
+                    **{a.keyword.value: a.value for a in c.args if a.keyword}}
+            for code in self._memo[name]:
+                head, _, rest = code.partition(".")
+                arg = dotted_name(args.get(head)) if head in params else head  # a global stays itself
+                out |= {arg + ("." + rest if rest else "")} if arg else set()
+        return out
+
+    def _trained(self, fn: cst.FunctionDef, loop: cst.For) -> Set[str]:
+        """The networks ``loop`` trains: the parameter owners of the optimizers it steps (built in ``fn``),
+        else the networks it runs with autograd on and those whose ``.parameters()`` it reads."""
+        built = [optimizers(self).get(o) for c in walk(loop.body, cst.Call) if (o := stepped(self, c))]
+        roots = set().union(*(param_roots(self, b) for b in built if b is not None and enclosing_function(self, b) is fn))
+        if roots:
+            return roots
+        for c in walk(loop.body, cst.Call):
+            mc = method_call(c)
+            if mc and mc[1] in ("parameters", "named_parameters") and dotted_name(mc[0]):
+                roots.add(self.code_for(mc[0]))
+            elif (isinstance(c.func, cst.Name) or mc and dotted_name(mc[0]) == "self") and runs_forward(self, c) \
+                    and not in_no_grad(self, c):
+                roots.add(self.code_for(c.func))  # model(x), self.net(x)
+        return roots
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
         if _calls_method(node.body, "train"):
@@ -94,28 +129,22 @@ class TrainModeNotRestored(Rule):
         for loop in walk_own(node.body, cst.For):
             if not _is_training_loop(loop):
                 continue
-            outer = self._outermost_loop(loop, node)
-            if not self._evaluates(node.body):
-                return
-            inside = self._evaluates(outer.body)
+            anc = list(self.ancestors(loop))
+            outer = next((a for a in reversed(anc[:anc.index(node)]) if isinstance(a, cst.For)), loop)
+            trained = self._trained(node, loop)
+            hit = sorted(e for e in self._evaluated(node.body) if any(_same(e, t) for t in trained))
+            if not hit:
+                continue
+            inside = any(_same(e, t) for e in self._evaluated(outer.body) for t in trained)
+            first = self.code_for(outer).splitlines()[0]
             self.report(
                 outer,
-                problem=(f"`{node.name.value}` trains in a loop but never calls `model.train()`, while "
+                problem=(f"`{node.name.value}` trains `{hit[0]}` in a loop but never calls `.train()`, while "
                          + ("an evaluation inside the loop" if inside else "code it runs")
-                         + " calls `model.eval()`."),
+                         + f" calls `{hit[0]}.eval()`."),
                 impact=("After the first evaluation, dropout stays off and batch norm uses running statistics for "
                         "all further training steps: a different model trains, silently."),
-                fix=Fix(before=self.code_for(outer).splitlines()[0],
-                        after=self.code_for(outer).splitlines()[0] + "\n    model.train()  # at the start of every epoch"),
+                fix=Fix(before=first, after=first + f"\n    {hit[0]}.train()  # at the start of every epoch"),
                 severity=None if inside else "medium",
             )
             return
-
-    def _outermost_loop(self, loop: cst.For, fn: cst.FunctionDef) -> cst.For:
-        outer = loop
-        for a in self.ancestors(loop):
-            if a is fn:
-                break
-            if isinstance(a, cst.For):
-                outer = a
-        return outer

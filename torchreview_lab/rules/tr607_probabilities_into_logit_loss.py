@@ -6,10 +6,11 @@ import libcst as cst
 
 from ..findings import Fix
 from ._activations import activation_of
+from ._bindings import forward_activation, instance_class, reaching_value
 from ._context import construction_of, last_layer
-from ._knowledge import LOSS_INPUTS, WRONG_LOSS_INPUTS
-from ._torch import (enclosing_function, kwarg, last_part, method_call, positional, source_text, torch_function,
-                     with_arg_value)
+from ._knowledge import LOSS_INPUTS, PROBABILITY_PRESERVING, WRONG_LOSS_INPUTS
+from ._torch import (enclosing_function, is_method_call, kwarg, last_part, method_call, positional, source_text,
+                     torch_function, with_arg_value)
 from .base import Invalid, Rule
 
 
@@ -21,7 +22,8 @@ class ProbabilitiesIntoLogitLoss(Rule):
         ``softmax``/``sigmoid`` output, and ``F.nll_loss``/``F.kl_div``/``F.ctc_loss`` (and their modules)
         whose input is probabilities instead of log-probabilities. The input is followed through
         assignments in the same function (or notebook), reshapes, criteria built as ``crit = ...`` or
-        ``self.crit = ...``, ``nn.Softmax`` modules and an ``nn.Sequential`` ending in one.
+        ``self.crit = ...``, ``nn.Softmax`` modules, an ``nn.Sequential`` ending in one, and instances
+        (``model = Net()``, ``self.model = Net(...)``) of a document class whose ``forward`` always returns one.
 
     Why is this bad:
         ``cross_entropy`` applies ``log_softmax`` itself, so the loss optimised is not cross-entropy: it
@@ -49,6 +51,8 @@ class ProbabilitiesIntoLogitLoss(Rule):
         _H + "def f(z, y):\n    p = torch.sigmoid(z)\n    return F.binary_cross_entropy(p, y)\n",
         _H + "def f(z, t):\n    return F.cross_entropy(z, F.softmax(t, dim=-1))\n",
         _H + "def f(z, y, flag):\n    p = z\n    if flag:\n        p = z.softmax(-1)\n    return F.cross_entropy(p, y)\n",
+        _H + "class Net(nn.Module):\n    def forward(self, x):\n        z = self.fc(x)\n        if self.training:\n"
+        "            return z\n        return z.softmax(-1)\n\nmodel = Net()\nloss = F.cross_entropy(model(x), y)\n",
     ]
     INVALID = [
         Invalid(_H + "def f(z, y):\n    return F.cross_entropy(F.softmax(z, dim=-1), y)\n", line=5,
@@ -65,6 +69,8 @@ class ProbabilitiesIntoLogitLoss(Rule):
                 "    def step(self, x, y):\n        out = self.net(x)\n        return self.loss(out, y)\n", line=11),
         Invalid(_H + "def f(z, y):\n    return F.binary_cross_entropy_with_logits(torch.sigmoid(z), y)\n", line=5,
                 expected_fix=_H + "def f(z, y):\n    return F.binary_cross_entropy_with_logits(z, y)\n"),
+        Invalid(_H + "class Net(nn.Module):\n    def forward(self, x):\n        return F.softmax(self.fc(x), dim=-1)\n\n"
+                "def fit(x, y):\n    model = Net().cuda()\n    crit = nn.CrossEntropyLoss()\n    return crit(model(x), y)\n", line=11),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -72,22 +78,39 @@ class ProbabilitiesIntoLogitLoss(Rule):
         arg = kwarg(node, "input") or kwarg(node, "log_probs") or next(iter(positional(node)), None)
         if loss is None or arg is None:
             return
-        expects = LOSS_INPUTS[loss]
-        found = activation_of(self, arg.value, enclosing_function(self, node), self.line_of(node))
+        expects, fn = LOSS_INPUTS[loss], enclosing_function(self, node)
+        found = activation_of(self, arg.value, fn, self.line_of(node)) or self._model_output(fn, arg.value)
         if found is None or found[0] not in WRONG_LOSS_INPUTS[expects]:
             return
-        kind, producer = found
-        fix, safe = self._fix(node, arg, producer, kind, expects)
+        kind, producer = found[:2]
+        if len(found) == 3:  # the model's forward applies it: fix the forward
+            fix, safe = Fix(before=self.code_for(found[2]), after=f"<{expects}: drop the final {kind} from "
+                            f"`forward` and apply it only where probabilities are needed>"), False
+        else:
+            fix, safe = self._fix(node, arg, producer, kind, expects)
+        via = f", whose `forward` returns `{self.code_for(found[2])}`" if len(found) == 3 else ""
         what = {"softmax": "softmax probabilities", "sigmoid": "sigmoid probabilities", "log_softmax": "log-probabilities"}
         does = {"logits": "applies log_softmax to it", "binary logits": "applies a sigmoid to it"}
         self.report(
             producer if safe else node,
-            problem=(f"`{self.code_for(node)}` receives {what[kind]} (`{self.code_for(producer)}`), but `{loss}` "
+            problem=(f"`{self.code_for(node)}` receives {what[kind]} (`{self.code_for(producer)}`{via}), but `{loss}` "
                      f"expects {expects} and {does.get(expects, 'reads it as log-probabilities')}."),
             impact=("The loss optimised is not the intended objective: its gradient vanishes as the probabilities "
                     "saturate, so the model trains slowly or to a worse optimum, without any error."),
             fix=fix, replacement=producer if safe else None,
         )
+
+    def _model_output(self, fn, expr, depth: int = 0):
+        """``(kind, model call, forward's activation)`` when ``expr`` is (a reshape or index of) the output
+        of ``model(x)``, ``model`` an instance of a document class whose ``forward`` always returns one."""
+        if isinstance(expr, cst.Name) and depth < 4:
+            v = reaching_value(self, fn, expr.value, expr)
+            return self._model_output(fn, v, depth + 1) if v is not None else None
+        if isinstance(expr, cst.Subscript) or is_method_call(self, expr, PROBABILITY_PRESERVING):
+            return self._model_output(fn, expr.value if isinstance(expr, cst.Subscript) else expr.func.value, depth + 1)
+        cls = instance_class(self, fn, expr.func) if isinstance(expr, cst.Call) else None
+        act = forward_activation(self, cls) if cls is not None else None
+        return (act[0], expr, act[1]) if act else None
 
     def _loss_of(self, call: cst.Call) -> Optional[str]:
         tf = torch_function(self, call)
