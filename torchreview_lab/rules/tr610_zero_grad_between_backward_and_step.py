@@ -4,7 +4,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._torch import enclosing_function, enclosing_loops, method_call, walk_own
-from ._training import EXITS, OPT_NAME, optimizers, param_roots, stepped, straight_line, writes_grads
+from ._training import EXITS, clears, param_roots, stepped, straight_line, writes_grads
 from .base import Invalid, Rule
 
 
@@ -75,7 +75,7 @@ class ZeroGradBetweenBackwardAndStep(Rule):
         for it in its[k + 1:] if k is not None else []:
             if isinstance(it, EXITS) or writes_grads(self, it, strict=False):
                 return
-            opt = next((o for c in walk_own(it, cst.Call) if (o := stepped(self, c)) and self._clears(recv, o, node)
+            opt = next((o for c in walk_own(it, cst.Call) if (o := stepped(self, c)) and clears(self, recv, o, node)
                         and not isinstance(it, (cst.FunctionDef, cst.ClassDef))), None)
             if opt is not None:
                 break
@@ -96,13 +96,3 @@ class ZeroGradBetweenBackwardAndStep(Rule):
             fix=Fix(before="loss.backward()\noptimizer.zero_grad()\noptimizer.step()",
                     after="optimizer.zero_grad()\nloss.backward()\noptimizer.step()"),
         )
-
-    def _clears(self, recv: str, opt: str, node: cst.CSTNode) -> bool:
-        """Clearing ``recv`` (an optimizer or a model) clears the gradients ``opt`` steps."""
-        opts = optimizers(self)
-        if recv == opt or recv in opts or OPT_NAME.search(recv.rsplit(".", 1)[-1]):
-            return recv == opt
-        if param_roots(self, opts.get(opt)):
-            return recv in param_roots(self, opts.get(opt))
-        fn = enclosing_function(self, node) or self.ctx.module  # the document's only optimizer, the model called here
-        return set(opts) <= {opt} and any(self.code_for(c.func) == recv for c in walk_own(fn, cst.Call))
