@@ -42,16 +42,12 @@ def harness_name(fn: Callable) -> str:
     return name
 
 
-def backward_root(out: Any) -> Optional[torch.Tensor]:
-    """The tensor a backward pass through a harness result starts from, or None when none carries
-    a graph.
+def returned_tensor(out: Any) -> Any:
+    """The value of a harness result that stands for its loss (the probe and the checks agree on it):
 
     * a dict: its ``"loss"`` entry, else its first tensor value;
     * a tuple or list: its first element (``(loss, logits)``);
-    * nested the same way a few levels (``({"loss": l}, aux)``);
-    * a tensor that requires grad: itself when it has one element, else its sum. A complex result
-      starts from ``out.abs().sum()`` (as the runtime checks do: a complex tensor has no backward of
-      its own; the modulus reaches both the real and the imaginary part).
+    * nested the same way a few levels (``({"loss": l}, aux)``).
     """
     for _ in range(4):
         if isinstance(out, dict):
@@ -61,11 +57,29 @@ def backward_root(out: Any) -> Optional[torch.Tensor]:
             out = out[0] if out else None
         else:
             break
-    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+    return out
+
+
+def scalar_loss(t: Any) -> Optional[torch.Tensor]:
+    """A real scalar to start backward from: the tensor itself when it has one element, else its sum.
+    A complex tensor starts from its modulus (a complex tensor has no backward of its own; the
+    modulus reaches both parts), a sparse one from its dense form. None for a non-float tensor."""
+    if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
         return None
-    if out.is_complex():
-        out = out.abs()
-    return out if out.numel() == 1 else out.sum()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_complex():
+        t = t.abs()
+    return t if t.numel() == 1 else t.sum()
+
+
+def backward_root(out: Any) -> Optional[torch.Tensor]:
+    """The tensor a backward pass through a harness result starts from (:func:`returned_tensor`, made
+    a scalar by :func:`scalar_loss`), or None when it carries no graph."""
+    t = returned_tensor(out)
+    if not isinstance(t, torch.Tensor) or not t.requires_grad:
+        return None
+    return scalar_loss(t)
 
 
 def run_backward(out: Any) -> bool:

@@ -80,17 +80,6 @@ def _to_meta(v: Any) -> Any:
     return v
 
 
-def as_loss(out: Any) -> Optional[torch.Tensor]:
-    """The tensor a backward pass starts from: the output itself when scalar, else its sum."""
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    if isinstance(out, dict) and "loss" in out:
-        out = out["loss"]
-    if not isinstance(out, torch.Tensor) or not (out.is_floating_point() or out.is_complex()):
-        return None
-    return out if out.numel() == 1 else out.sum()
-
-
 def describe(site) -> str:
     return f"{site[0]}:{site[1]}" if site else "<unknown>"
 

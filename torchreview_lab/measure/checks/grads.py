@@ -21,7 +21,8 @@ from ...findings import Fix
 from .._frames import user_site
 from ..rules import make_finding
 from ._base import CheckContext, describe
-from ._sites import _returned_tensor, is_complex_result, loss_of
+from .._harness import returned_tensor
+from ._sites import is_complex_result, loss_of
 
 
 class _Watch(TorchFunctionMode):
@@ -92,7 +93,7 @@ def check_grads(ctx: CheckContext) -> list:
         inputs = list(watch.leaves.values())
         wants_grad = [t for t, _ in inputs] + [p for p, _, _ in params]
         if loss.grad_fn is None:
-            disabled = watch.made_without_grad(_returned_tensor(out))
+            disabled = watch.made_without_grad(returned_tensor(out))
             if disabled is not None:
                 where = f" at {describe(disabled[0])}" if disabled[0] else ""
                 ctx.notes.append(f"TR012 gradient check skipped: the loss was computed with gradients disabled{where} "
