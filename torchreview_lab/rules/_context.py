@@ -250,9 +250,30 @@ def public_function(rule, fn: cst.FunctionDef) -> bool:
     return False
 
 
+def _mentions_gpu(rule, node: cst.CSTNode) -> bool:
+    text = rule.code_for(node).lower()
+    return "cuda" in text or "gpu" in text
+
+
+def _exits(body: cst.BaseSuite) -> bool:
+    """The block ends the function or test: ``return``/``raise``/``pytest.skip(...)``/``self.skipTest(...)``."""
+    stmts = body.body if isinstance(body, cst.IndentedBlock) else [body]
+    last = stmts[-1] if stmts else None
+    small = last.body[-1] if isinstance(last, (cst.SimpleStatementLine, cst.SimpleStatementSuite)) and last.body else last
+    if isinstance(small, (cst.Return, cst.Raise)):
+        return True
+    call = small.value if isinstance(small, cst.Expr) else None
+    return isinstance(call, cst.Call) and "skip" in (dotted_name(call.func) or "").lower()
+
+
 def under_cuda_guard(rule, node: cst.CSTNode) -> bool:
-    """True when ``node`` sits in an ``if``/conditional expression that checks CUDA availability
-    or the tensor's device (``torch.cuda.is_available()``, ``x.is_cuda``, ``device.type == "cuda"``)."""
+    """True when ``node`` only runs with a GPU present: in an ``if``/``while``/conditional expression that
+    checks CUDA availability or the tensor's device (``torch.cuda.is_available()``, ``x.is_cuda``,
+    ``device.type == "cuda"``) or a GPU flag (``if use_gpu:``); under ``with torch.cuda.stream(s):``; after
+    ``if not torch.cuda.is_available(): return``/``pytest.skip(...)`` in its function; in a function/class
+    decorated ``@pytest.mark.skipif(not torch.cuda.is_available(), ...)``/``@skip_if_lt_x_gpu(2)``; in a
+    function or class named for CUDA (``def cuda(self)``, ``def to_gpu``, ``class CUDATestBase``)."""
+    child = node
     for a in rule.ancestors(node):
         test = a.test if isinstance(a, (cst.If, cst.IfExp, cst.While)) else None
         if test is not None:
@@ -260,10 +281,23 @@ def under_cuda_guard(rule, node: cst.CSTNode) -> bool:
             if "is_available" in text or "is_cuda" in text or "device_count" in text or ".type" in text \
                     or "cuda" in text.lower():
                 return True
+            if not isinstance(a, cst.While) and child is not test and "gpu" in text.lower():
+                return True  # if use_gpu:
+        if isinstance(a, cst.With) and any(_mentions_gpu(rule, item.item) for item in a.items):
+            return True  # with torch.cuda.stream(s): / with torch.cuda.device(i):
         if isinstance(a, (cst.FunctionDef, cst.ClassDef)):
-            # a function whose name says it is about CUDA (``def cuda(self)``, ``def to_gpu``)
-            if isinstance(a, cst.FunctionDef) and ("cuda" in a.name.value.lower() or "gpu" in a.name.value.lower()):
+            if any(_mentions_gpu(rule, d.decorator) for d in a.decorators):
                 return True
+            # a function or class whose name says it is about CUDA (``def cuda(self)``, ``class TestGPUOps``)
+            if "cuda" in a.name.value.lower() or "gpu" in a.name.value.lower():
+                return True
+        if isinstance(a, cst.FunctionDef) and isinstance(a.body, cst.IndentedBlock):
+            for stmt in a.body.body:
+                if stmt is child:
+                    break
+                if isinstance(stmt, cst.If) and _mentions_gpu(rule, stmt.test) and _exits(stmt.body):
+                    return True  # if not torch.cuda.is_available(): return
+        child = a
     return False
 
 

@@ -12,7 +12,7 @@ from typing import Dict, Optional, Set
 
 import libcst as cst
 
-from ._context import is_module_class
+from ._context import _base_qnames, _classes_by_name, is_module_class
 from ._knowledge import COMBINING_FUNCTIONS, DEVICE_MOVES, SHAPE_FACTORIES, TENSOR_FACTORIES
 from ._torch import (dotted_name, enclosing_class, fast_children, function_facts, is_tensor_annotation, kwarg, names_in, positional, torch_function,
                      walk, walk_own)
@@ -83,16 +83,20 @@ def _data_class(rule, cls: Optional[cst.ClassDef], depth: int = 0) -> bool:
     class of the same document)."""
     if cls is None or depth > 4:
         return False
-    for b in cls.bases:
-        qs = rule.qnames(b.value) or {dotted_name(b.value) or ""}
-        for q in qs:
+    key = ("data-class", id(cls))
+    cache = rule.ctx.cache
+    if key not in cache:
+        result = False
+        for q in _base_qnames(rule, cls):
             last = q.split(".")[-1]
             if last in _DATA_BASES and (q.startswith("torch.utils.data") or q == last):
-                return True
-            local = [c for c in walk(rule.ctx.module, cst.ClassDef) if c.name.value == last and c is not cls]
-            if any(_data_class(rule, c, depth + 1) for c in local):
-                return True
-    return False
+                result = True
+            elif any(c is not cls and _data_class(rule, c, depth + 1) for c in _classes_by_name(rule).get(last, ())):
+                result = True
+            if result:
+                break
+        cache[key] = result
+    return cache[key]
 
 
 def _iterates_param(fn: cst.FunctionDef) -> bool:
@@ -148,18 +152,6 @@ def zero_dim_factory(rule, call: cst.Call, fname: str) -> bool:
             return False
         return isinstance(v, (cst.Tuple, cst.List)) and not v.elements
     return False
-
-
-def _factory_without_device(rule, v: cst.BaseExpression) -> bool:
-    """``v`` is a device-less factory, possibly reshaped or indexed (``torch.arange(T)[None].expand(B, T)``)."""
-    while not (isinstance(v, cst.Call) and torch_function(rule, v)):
-        if isinstance(v, cst.Call) and isinstance(v.func, cst.Attribute) and v.func.attr.value not in DEVICE_MOVES:
-            v = v.func.value
-        elif isinstance(v, cst.Subscript):
-            v = v.value
-        else:
-            return False
-    return torch_function(rule, v) in TENSOR_FACTORIES and kwarg(v, "device") is None
 
 
 def _non_tensor(rule, v: cst.BaseExpression, known: Set[str]) -> bool:
@@ -376,48 +368,6 @@ def inline_meets(rule, node: cst.CSTNode, others: Set[str]) -> Optional[str]:
             return None
         child, p = p, rule.parent(p)
     return None
-
-
-def _mentions_gpu(rule, node: cst.CSTNode) -> bool:
-    text = rule.code_for(node).lower()
-    return "cuda" in text or "gpu" in text
-
-
-def _exits(body: cst.BaseSuite) -> bool:
-    """The block ends the function or test: ``return``/``raise``/``pytest.skip(...)``/``self.skipTest(...)``."""
-    stmts = body.body if isinstance(body, cst.IndentedBlock) else [body]
-    last = stmts[-1] if stmts else None
-    small = last.body[-1] if isinstance(last, (cst.SimpleStatementLine, cst.SimpleStatementSuite)) and last.body else last
-    if isinstance(small, (cst.Return, cst.Raise)):
-        return True
-    call = small.value if isinstance(small, cst.Expr) else None
-    return isinstance(call, cst.Call) and "skip" in (dotted_name(call.func) or "").lower()
-
-
-def gpu_guarded(rule, node: cst.CSTNode) -> bool:
-    """``node`` only runs with a GPU present beyond what ``under_cuda_guard`` sees: under ``if use_gpu:`` or
-    ``with torch.cuda.stream(s):``, after ``if not torch.cuda.is_available(): return``/``pytest.skip(...)``
-    in its function, in a function/class decorated ``@pytest.mark.skipif(not torch.cuda.is_available(), ...)``
-    /``@skip_if_lt_x_gpu(2)``, or in a class named for CUDA (``class CUDATestBase``)."""
-    child = node
-    for a in rule.ancestors(node):
-        if isinstance(a, (cst.If, cst.IfExp)) and child is not a.test and _mentions_gpu(rule, a.test):
-            return True
-        if isinstance(a, cst.With) and any(_mentions_gpu(rule, item.item) for item in a.items):
-            return True  # with torch.cuda.stream(s): / with torch.cuda.device(i):
-        if isinstance(a, (cst.FunctionDef, cst.ClassDef)):
-            if any(_mentions_gpu(rule, d.decorator) for d in a.decorators):
-                return True
-        if isinstance(a, cst.ClassDef) and ("cuda" in a.name.value.lower() or "gpu" in a.name.value.lower()):
-            return True  # class CUDATestBase / TestGPUOps: CUDA-only by name, like under_cuda_guard's functions
-        if isinstance(a, cst.FunctionDef) and isinstance(a.body, cst.IndentedBlock):
-            for stmt in a.body.body:
-                if stmt is child:
-                    break
-                if isinstance(stmt, cst.If) and _mentions_gpu(rule, stmt.test) and _exits(stmt.body):
-                    return True
-        child = a
-    return False
 
 
 def returned_directly(rule, fn: cst.FunctionDef, name: str) -> bool:

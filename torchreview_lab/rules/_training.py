@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 import libcst as cst
 
-from ._context import construction_of, self_attribute_values
+from ._context import _classes_by_name, construction_of, self_attribute_values
 from ._knowledge import GRAD_SCALER_CLASSES, SCALE_KEEPING_METHODS, SCALING_OPS, SUM_REDUCTIONS
 from ._torch import (assigned_values, dotted_name, enclosing_class, enclosing_function, last_part, loop_targets,
                      method_call, module_functions, names_in, torch_function, walk, walk_own)
@@ -236,13 +236,10 @@ class _ScaleTrace:
         built = [b for x in (func, mc[0] if mc else None) if x is not None and (b := construction_of(self.rule, self.fn, x))]
         if any(torch_function(self.rule, b) for b in built):
             return False  # a torch module (a loss, a layer) computes its own value
-        if "defs-by-name" not in self.rule.ctx.cache:
-            self.rule.ctx.cache["defs-by-name"] = {}
-            for d in walk(self.rule.ctx.module, (cst.FunctionDef, cst.ClassDef)):
-                self.rule.ctx.cache["defs-by-name"].setdefault(d.name.value, []).append(d)
         names = [func.value] if isinstance(func, cst.Name) else []
         names += [b.func.value for b in built if isinstance(b.func, cst.Name)]
-        defs = [d for n in names for d in self.rule.ctx.cache["defs-by-name"].get(n, [])]
+        functions, classes = module_functions(self.rule), _classes_by_name(self.rule)
+        defs = [d for n in names for d in [*([functions[n]] if n in functions else []), *classes.get(n, ())]]
         if not self.roots:  # a literal N: an unknown callee may divide by it, a known one must divide
             return not defs or any(isinstance(b, cst.BinaryOperation) and isinstance(b.operator, (cst.Divide, cst.Multiply))
                                    for d in defs for b in walk(d))

@@ -6,7 +6,6 @@ import libcst as cst
 
 from ..findings import Fix
 from ._context import under_cuda_guard
-from ._devices import gpu_guarded
 from ._torch import in_loop_body, is_method_call, kwarg, positional, torch_function
 from .base import Invalid, Rule
 
@@ -80,7 +79,7 @@ class HardcodedCuda(Rule):
 
     def visit_Call(self, node: cst.Call) -> None:
         what = self._hardcoded(node)
-        if what is None or under_cuda_guard(self, node) or gpu_guarded(self, node):
+        if what is None or under_cuda_guard(self, node):
             return
         in_loop = in_loop_body(self, node)
         problem = f"`{self.code_for(node)}` hard-codes the CUDA device ({what})."

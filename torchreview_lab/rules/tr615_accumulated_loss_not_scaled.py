@@ -93,7 +93,8 @@ class AccumulatedLossNotScaled(Rule):
         n, lo, hi = acc
         gated = [x for x in walk_own(loop.body, (cst.AugAssign, cst.Call)) if lo <= self.line_of(x) <= hi]
         if any(".grad" in self.code_for(x.target) and isinstance(x.operator, SCALING_ASSIGN) if isinstance(
-                x, cst.AugAssign) else method_call(x) and method_call(x)[1] in SCALING_OPS for x in gated):
+                x, cst.AugAssign) else bool(mc := method_call(x)) and mc[1] in SCALING_OPS and ".grad" in self.code_for(mc[0])
+                for x in gated):
             return  # the step branch rescales the gradients instead
         fn = enclosing_function(self, loop)
         for call in walk_own(loop.body, cst.Call):

@@ -77,6 +77,8 @@ class ParameterLoopVariableRebound(Rule):
 
     def visit_For(self, node: cst.For) -> None:
         names = self._tensor_names(node.target, self._shape(node.iter, 0))
+        if not names:
+            return  # no loop variable stands for a parameter / state tensor
         for a in walk_own(node.body, cst.Assign):
             t = a.targets[0].target
             if len(a.targets) != 1 or not isinstance(t, cst.Name) or t.value not in names or not self._update(a.value):
