@@ -1,23 +1,20 @@
 from __future__ import annotations
 
-from typing import Optional, Set, Tuple
+from typing import Optional
 
 import libcst as cst
 
 from ..findings import Fix
 from ._bindings import may_precede, python_number, reaching_value, same_binding
-from ._context import _classes_by_name, is_module_class
-from ._flow import called_only_under_no_grad, graph_reason, in_no_grad
+from ._context import is_module_class
+from ._flow import graph_reason, in_no_grad
+from ._no_autograd import function_exemptions
 from ._knowledge import INPLACE_METHODS, SAVES_INPUT, SAVES_OUTPUT, SAVES_OUTPUT_METHODS
-from ._torch import (dotted_name, enclosing_class, enclosing_function, is_method_call, method_call, positional,
+from ._torch import (enclosing_class, enclosing_function, is_method_call, method_call, positional,
                      torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
 _SAVING_BINOPS = (cst.Multiply, cst.MatrixMultiply, cst.Divide, cst.Power)
-_UPDATES = ("addcmul_", "addcdiv_", "lerp_", "_foreach_")  # optimizer-update ops
-_GRAD_ATTRS = ("grad", "data")
-_FUNCTION_BASES = {"torch.autograd.Function", "torch.autograd.function.Function",
-                   "torch.autograd.function.InplaceFunction"}
 
 
 class InplaceOnSavedTensor(Rule):
@@ -110,51 +107,8 @@ class InplaceOnSavedTensor(Rule):
         """An autograd.Function ``backward``, code only called under ``no_grad``, optimizer code (runs
         ``addcmul_``-style updates, or is in a document defining a torch.optim Optimizer) or an in-place op
         on a gradient or ``.data`` (``name`` reads ``.grad``/``.data``: ``g = p.grad``, ``p.data``)."""
-        whole, grad_names = self._function_exemptions(fn)
+        whole, grad_names = function_exemptions(self, fn)
         return whole or name in grad_names
-
-    def _function_exemptions(self, fn: cst.FunctionDef) -> Tuple[bool, Set[str]]:
-        """Per function, once: whether the whole function runs without autograd, and the names it ties to
-        ``.grad``/``.data`` (read as ``n.grad``/``n.data`` or assigned from an expression reading them)."""
-        key = ("tr152-exemptions", id(fn))
-        if key in self.ctx.cache:
-            return self.ctx.cache[key]
-        cls, doc_key = enclosing_class(self, fn), ("tr152-optimizer-document",)
-        if doc_key not in self.ctx.cache:
-            self.ctx.cache[doc_key] = any(q.startswith("torch.optim") and q.endswith(".Optimizer") for c in walk(
-                self.ctx.module, cst.ClassDef) for b in c.bases for q in self.qnames(b.value) or {  # or relative
-                "torch.optim." + (dotted_name(b.value) or "")})
-        grad_names: Set[str] = set()
-        updates = False
-        for n in walk_own(fn.body, (cst.Attribute, cst.Call, cst.Assign, cst.AnnAssign, cst.AugAssign)):
-            if isinstance(n, cst.Attribute) and n.attr.value in _GRAD_ATTRS and isinstance(n.value, cst.Name):
-                grad_names.add(n.value.value)
-            elif isinstance(n, cst.Call):
-                updates = updates or (method_call(n) or ("", ""))[1].startswith(_UPDATES)
-            elif not isinstance(n, (cst.Attribute, cst.Call)) and n.value is not None and any(
-                    isinstance(a, cst.Attribute) and a.attr.value in _GRAD_ATTRS for a in walk(n.value, cst.Attribute)):
-                targets = [t.target for t in n.targets] if isinstance(n, cst.Assign) else [n.target]
-                grad_names |= {t.value for x in targets for t in walk(x, cst.Name)}
-        whole = fn.name.value == "backward" and self._autograd_function(cls) or called_only_under_no_grad(self, fn) \
-            or any((dotted_name(d.decorator) or "").endswith("once_differentiable") for d in fn.decorators) \
-            or updates or (self.ctx.cache[doc_key] and not is_module_class(self, cls))
-        self.ctx.cache[key] = (whole, grad_names)
-        return whole, grad_names
-
-    def _autograd_function(self, cls: Optional[cst.ClassDef], depth: int = 0) -> bool:
-        """``cls`` derives from ``torch.autograd.Function`` (directly or through a class of this document)."""
-        if cls is None or depth > 4:
-            return False
-        for b in cls.bases:
-            qs = self.qnames(b.value)
-            if qs & _FUNCTION_BASES or self.code_for(b.value).replace(" ", "") in ("torch.autograd.Function",
-                                                                                "autograd.Function"):
-                return True
-            last = (dotted_name(b.value) or "").split(".")[-1]
-            if not qs and any(c is not cls and self._autograd_function(c, depth + 1)
-                              for c in _classes_by_name(self).get(last, ())):
-                return True
-        return False
 
     def _saved_input(self, fn, name: str, node) -> Optional[str]:
         vals, before_line = self._plain_assigned(fn, name), self.line_of(node)

@@ -1,0 +1,61 @@
+"""Where in-place ops run without autograd (shared by the rules on tensors saved for backward): an
+``autograd.Function``'s ``backward``, code only called under ``no_grad``, optimizer updates, and names
+tied to ``.grad``/``.data``."""
+from __future__ import annotations
+
+from typing import Optional, Set, Tuple
+
+import libcst as cst
+
+from ._context import _classes_by_name, is_module_class
+from ._flow import called_only_under_no_grad
+from ._torch import dotted_name, enclosing_class, method_call, walk, walk_own
+
+_UPDATES = ("addcmul_", "addcdiv_", "lerp_", "_foreach_")  # optimizer-update ops
+_GRAD_ATTRS = ("grad", "data")
+_FUNCTION_BASES = {"torch.autograd.Function", "torch.autograd.function.Function",
+                   "torch.autograd.function.InplaceFunction"}
+
+
+def function_exemptions(rule, fn: cst.FunctionDef) -> Tuple[bool, Set[str]]:
+    """Per function, once: whether the whole function runs without autograd, and the names it ties to
+    ``.grad``/``.data`` (read as ``n.grad``/``n.data`` or assigned from an expression reading them)."""
+    key = ("tr152-exemptions", id(fn))
+    if key in rule.ctx.cache:
+        return rule.ctx.cache[key]
+    cls, doc_key = enclosing_class(rule, fn), ("tr152-optimizer-document",)
+    if doc_key not in rule.ctx.cache:
+        rule.ctx.cache[doc_key] = any(q.startswith("torch.optim") and q.endswith(".Optimizer") for c in walk(
+            rule.ctx.module, cst.ClassDef) for b in c.bases for q in rule.qnames(b.value) or {  # or relative
+            "torch.optim." + (dotted_name(b.value) or "")})
+    grad_names: Set[str] = set()
+    updates = False
+    for n in walk_own(fn.body, (cst.Attribute, cst.Call, cst.Assign, cst.AnnAssign, cst.AugAssign)):
+        if isinstance(n, cst.Attribute) and n.attr.value in _GRAD_ATTRS and isinstance(n.value, cst.Name):
+            grad_names.add(n.value.value)
+        elif isinstance(n, cst.Call):
+            updates = updates or (method_call(n) or ("", ""))[1].startswith(_UPDATES)
+        elif not isinstance(n, (cst.Attribute, cst.Call)) and n.value is not None and any(
+                isinstance(a, cst.Attribute) and a.attr.value in _GRAD_ATTRS for a in walk(n.value, cst.Attribute)):
+            targets = [t.target for t in n.targets] if isinstance(n, cst.Assign) else [n.target]
+            grad_names |= {t.value for x in targets for t in walk(x, cst.Name)}
+    whole = fn.name.value == "backward" and autograd_function(rule, cls) or called_only_under_no_grad(rule, fn) \
+        or any((dotted_name(d.decorator) or "").endswith("once_differentiable") for d in fn.decorators) \
+        or updates or (rule.ctx.cache[doc_key] and not is_module_class(rule, cls))
+    rule.ctx.cache[key] = (whole, grad_names)
+    return whole, grad_names
+
+def autograd_function(rule, cls: Optional[cst.ClassDef], depth: int = 0) -> bool:
+    """``cls`` derives from ``torch.autograd.Function`` (directly or through a class of this document)."""
+    if cls is None or depth > 4:
+        return False
+    for b in cls.bases:
+        qs = rule.qnames(b.value)
+        if qs & _FUNCTION_BASES or rule.code_for(b.value).replace(" ", "") in ("torch.autograd.Function",
+                                                                            "autograd.Function"):
+            return True
+        last = (dotted_name(b.value) or "").split(".")[-1]
+        if not qs and any(c is not cls and autograd_function(rule, c, depth + 1)
+                          for c in _classes_by_name(rule).get(last, ())):
+            return True
+    return False
