@@ -166,7 +166,8 @@ def scale(fn: Callable, sizes: Sequence[int] = DEFAULT_SIZES, target: Optional[i
 
 
 def _scale(fn, res, sizes, target, dev, mem, budget_bytes, time_budget, backward, repeats, meta, meta_time_limit,
-           on_point, state, view) -> ScalingResult:
+           on_point, state, view) -> None:
+    """The measuring grid, the fits and the target prediction of :func:`scale`, filled into ``res``."""
     t_start = time.perf_counter()
     per_size_time = None if time_budget is None else max(0.05, float(time_budget) / max(1, 2 * len(sizes)))
     stop: Optional[str] = None
@@ -234,7 +235,6 @@ def _scale(fn, res, sizes, target, dev, mem, budget_bytes, time_budget, backward
         with frozen_heap():
             _predict_target(fn, res, int(target), dev, mem, backward, meta, meta_time_limit, t_start, time_budget)
     view.close()
-    return res
 
 
 def _first_line(e: BaseException) -> str:
