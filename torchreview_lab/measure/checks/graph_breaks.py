@@ -1,9 +1,17 @@
 """TR014 graph breaks under ``torch.compile``.
 
-``torch._dynamo.explain(fn)(...)`` traces with its own recording backend (no C compiler needed) and
-lists break reasons with the user's stack; with several breaks in one function it under-reports, so
-``torch._dynamo.utils.counters["graph_break"]`` is read too and the union reported. Dynamo is reset
-afterwards and the global counters restored.
+The harness is traced by dynamo with a recording backend (no C compiler needed), as
+``torch._dynamo.explain`` does, which lists break reasons with the user's stack; with several breaks in
+one function that under-reports, so ``torch._dynamo.utils.counters["graph_break"]`` is read too and the
+union reported.
+
+``explain`` itself calls ``torch._dynamo.reset()`` before and after, which throws away every compiled
+function of the user's session (their next call recompiles, minutes for a large model). So the trace
+runs in an isolated recompile region (``isolate_recompiles=True``: its cache entries are kept apart from
+the user's, and a fresh region per check forces a fresh trace), and afterwards only the code objects
+this trace compiled first are cleared (``reset_code``); the user's own compiled entries stay, and so do
+dynamo's counters. On a torch without isolated regions, ``explain`` is used and a note says the
+compile caches were reset.
 """
 from __future__ import annotations
 
@@ -21,25 +29,21 @@ def check_graph_breaks(ctx: CheckContext) -> list:
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
 
-    saved = collections.Counter(counters["graph_break"])
+    saved = {k: collections.Counter(v) for k, v in counters.items()}
     dyn_log = logging.getLogger("torch._dynamo")
     level = dyn_log.level
-    dyn_log.setLevel(logging.ERROR)  # explain() logs every break as a warning; we report them instead
+    dyn_log.setLevel(logging.ERROR)  # dynamo logs every break as a warning; we report them instead
     counters["graph_break"].clear()
     breaks: List[Tuple[str, Any]] = []
     try:
-        dynamo.reset()
         if ctx.make_inputs is None:
             from .._harness import accepts_device
 
-            if accepts_device(ctx.fn):
-                explained = dynamo.explain(ctx.fn)(ctx.size, device=ctx.device)
-            else:
-                explained = dynamo.explain(ctx.fn)(ctx.size)
+            args, kwargs = (ctx.size,), ({"device": ctx.device} if accepts_device(ctx.fn) else {})
         else:
             args, kwargs = ctx.inputs(ctx.device)
-            explained = dynamo.explain(ctx.fn)(*args, **kwargs)
-        for br in getattr(explained, "break_reasons", []) or []:
+        reasons = _trace(ctx, dynamo, args, kwargs)
+        for br in reasons:
             site = None
             for fs in reversed(list(getattr(br, "user_stack", []) or [])):
                 if not _skipped(fs.filename):
@@ -53,9 +57,8 @@ def check_graph_breaks(ctx: CheckContext) -> list:
         return []
     finally:
         dyn_log.setLevel(level)
-        dynamo.reset()
-        counters["graph_break"].clear()
-        counters["graph_break"].update(saved)
+        counters.clear()
+        counters.update(saved)
     known = {r for r, _ in breaks}
     for reason in extra:
         if not any(reason[:60] in k or k[:60] in reason for k in known):
@@ -87,6 +90,45 @@ def check_graph_breaks(ctx: CheckContext) -> list:
             fix=Fix(before="if x.sum() > 0:  # data-dependent Python", after="x = torch.where(x.sum() > 0, a, b)"),
             evidence={"reasons": reasons, "located": key[0] != "reason"}))
     return findings
+
+
+def _trace(ctx: CheckContext, dynamo: Any, args: tuple, kwargs: dict) -> list:
+    """Run the harness once under dynamo with a recording backend; the graphs' break reasons."""
+    from unittest import mock
+
+    from torch._C._dynamo.eval_frame import reset_code
+    from torch._dynamo import convert_frame
+
+    def live_codes() -> dict:
+        seen = list(convert_frame.input_codes.seen) + list(convert_frame.output_codes.seen)
+        return {id(c): c for c in (w() for w in seen) if c is not None}
+
+    reasons: list = []
+
+    def record(gm: Any, example_inputs: Any) -> Any:
+        why = getattr(gm, "compile_subgraph_reason", None)
+        if why is not None and why.graph_break:
+            reasons.append(why)
+        return gm.forward
+
+    before = live_codes()
+    try:
+        traced = dynamo.optimize(record, nopython=False, isolate_recompiles=True)(ctx.fn)
+    except TypeError:  # torch without isolated recompile regions: explain(), which resets dynamo
+        ctx.notes.append("TR014: this torch has no isolated compile regions; the check reset torch.compile's "
+                         "caches (compiled functions recompile on their next call)")
+        try:
+            return list(dynamo.explain(ctx.fn)(*args, **kwargs).break_reasons or [])
+        finally:
+            dynamo.reset()
+    try:
+        with mock.patch("torch._dynamo.symbolic_convert.explain", True):
+            traced(*args, **kwargs)
+    finally:
+        for key, code in live_codes().items():
+            if key not in before:  # compiled first by this trace (resume functions, transformed code)
+                reset_code(code)
+    return reasons
 
 
 _SETUP_MARKERS = ("requires_grad=True", "nn.Parameter()", "Uninitialized nn.Module")
