@@ -293,3 +293,27 @@ def test_scaling_text_says_a_negative_exponent_was_taken_as_constant():
     assert "time:   O(1)" in text and "(fitted -0.15, taken as O(1))" in text and "low confidence" in text
     assert not math.isnan(res.time_fit.predict(10 ** 6))
     assert ScalingResult.from_json(res.to_json()).to_json() == res.to_json()
+
+
+def _argmax_i64(x):
+    return x.argmax(-1)
+
+
+def _argmax_i32(x):
+    return x.argmax(-1).to(torch.int32)
+
+
+def _argmax_off_by_one(x):
+    return (x.argmax(-1) + 1).to(torch.int32)
+
+
+def test_a_changed_integer_dtype_with_equal_values_is_a_note_and_other_values_still_differ():
+    make = lambda T: (torch.randn(T, 5),)  # noqa: E731
+    same = compare(_argmax_i64, _argmax_i32, make, sizes=[1, 4], seeds=(0,))
+    assert same.ok, str(same)
+    assert same.notes == ["output 0: dtype int64 from _argmax_i64 vs int32 from _argmax_i32 (the values agree)"]
+    differ = compare(_argmax_i64, _argmax_off_by_one, make, sizes=[4], seeds=(0,))
+    assert not differ.ok and differ.failures[0].what == "output 0 (integer values differ)"
+    # an integer result against a float one with the same values agrees, with the note
+    as_float = compare(_argmax_i64, lambda x: x.argmax(-1).double(), make, sizes=[4], seeds=(0,))
+    assert as_float.ok and "dtype int64" in as_float.notes[0] and "float64" in as_float.notes[0]

@@ -6,8 +6,8 @@ each implementation gets its own identical copy, and the outputs are compared wi
 ``torch.allclose`` (complex outputs as complex: real and imaginary parts; relative errors are
 relative to ``fn_a``, the reference); when ``grads=True`` and the outputs carry a graph, the same
 random cotangent is sent backward through both and the gradients of the floating inputs are compared
-too. An implementation that writes into its inputs in place is reported as a note, not as a
-disagreement. Edge sizes (T=1, K=1, K=2) belong in ``sizes``.
+too. An implementation that writes into its inputs in place, or returns another dtype with the same
+values (int32 for int64, float64 for float32), is reported as a note, not as a disagreement. Edge sizes (T=1, K=1, K=2) belong in ``sizes``.
 """
 from __future__ import annotations
 
@@ -195,8 +195,9 @@ def _close(a, b, rtol, atol):
         return False, f"shape {list(a.shape)} vs {list(b.shape)}", None, None
     if a.is_complex() != b.is_complex():
         return False, f"dtype {str(a.dtype).replace('torch.', '')} vs {str(b.dtype).replace('torch.', '')}", None, None
-    if not (a.is_floating_point() or a.is_complex()):
-        eq = bool(torch.equal(a, b))
+    if not (a.is_floating_point() or a.is_complex()) or not (b.is_floating_point() or b.is_complex()):
+        common = torch.promote_types(a.dtype, b.dtype)
+        eq = bool(torch.equal(a.to(common), b.to(common)))
         return eq, "" if eq else "integer values differ", None, None
     ok = bool(torch.allclose(_wide(a), _wide(b), rtol=rtol, atol=atol, equal_nan=True))
     mx, rel = _diff(a, b)
@@ -227,6 +228,10 @@ def compare(fn_a: Callable, fn_b: Callable, make_inputs: Callable, sizes: Sequen
     return res
 
 
+def _name(fn: Callable, tag: str) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or tag
+
+
 def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase:
     leaves_a: List[torch.Tensor] = []
     leaves_b: List[torch.Tensor] = []
@@ -243,7 +248,7 @@ def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase
                                notes=notes)
         changed = [i for i, (t, v) in enumerate(zip(passed, versions)) if t._version != v]
         if changed:
-            name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or tag
+            name = _name(fn, tag)
             which = ", ".join(str(i) for i in changed)
             notes.append(f"{name} writes into its input tensor{'s' if len(changed) > 1 else ''} {which} in place "
                          "(each implementation got its own copy; a caller's tensor would change)")
@@ -256,6 +261,9 @@ def _one(fn_a, fn_b, args, kwargs, size, seed, rtol, atol, grads) -> CompareCase
         ok, why, mx, rel = _close(a, b, rtol, atol)
         if not ok:
             return CompareCase(size, seed, False, f"output {i}" + (f" ({why})" if why else ""), mx, rel, notes=notes)
+        if a.dtype != b.dtype:  # the values agree; a caller that relies on the dtype would still see a change
+            notes.append(f"output {i}: dtype {str(a.dtype).replace('torch.', '')} from {_name(fn_a, 'a')} vs "
+                         f"{str(b.dtype).replace('torch.', '')} from {_name(fn_b, 'b')} (the values agree)")
         if mx is not None:
             worst = (max(worst[0], mx), max(worst[1], rel))
     gworst = None
