@@ -199,3 +199,55 @@ def test_graph_break_check_with_make_inputs_traces_the_computation_alone():
     res = check(step, size=8, checks=["graph_breaks"], make_inputs=make_inputs)
     assert [f.rule for f in res] == ["TR014"]
     assert not any("building inputs" in n for n in res.notes)
+
+
+def test_graph_break_check_keeps_the_users_compiled_functions():
+    """torch._dynamo.explain resets dynamo: every function the user compiled would recompile. The check
+    traces in its own region instead, finds the break again on a second run, and leaves the user's
+    compiled entry in place."""
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    def step(x, w):
+        y = x @ w
+        if y.sum() > 0:  # data-dependent branch: a graph break
+            y = y * 2
+        return y.sum()
+
+    def make_inputs(T):
+        return torch.ones(T, 4), torch.ones(4, 2)
+
+    compiled = torch.compile(step, backend=counting_backend)
+    x, w = make_inputs(8)
+    compiled(x, w)
+    n = len(compiles)
+    assert n >= 1
+    for _ in range(2):
+        res = check(step, size=8, checks=["graph_breaks"], make_inputs=make_inputs)
+        assert [f.rule for f in res] == ["TR014"]
+        assert not any("reset" in note for note in res.notes)
+    compiled(x, w)
+    assert len(compiles) == n  # still cached: nothing was thrown away
+
+
+def test_device_check_points_at_the_factory_of_a_derived_cpu_tensor():
+    import inspect
+
+    def positions(T, device="cpu"):
+        x = torch.randn(T, 4, device=device)
+        pos = torch.arange(T).float()[:, None] * 2  # the factory without device=, then derived on the CPU
+        return (x + pos).sum()
+
+    def fixed(T, device="cpu"):
+        x = torch.randn(T, 4, device=device)
+        pos = torch.arange(T, device=x.device).float()[:, None] * 2
+        return (x + pos).sum()
+
+    (f,) = check(positions, size=8, checks=["device"])
+    assert f.title == "torch.arange() without device= creates a CPU tensor"
+    assert f.line == inspect.getsourcelines(positions)[1] + 2
+    assert f.evidence["op"] == "add"
+    assert not check(fixed, size=8, checks=["device"])

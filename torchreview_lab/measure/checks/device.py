@@ -3,7 +3,8 @@
 A ``TorchFunctionMode`` sees the user's own keyword arguments: a factory called without ``device=``
 creates a CPU tensor (the bug on a GPU) and its call site is remembered. A ``TorchDispatchMode`` flags
 ops that mix devices (``meta @ cpu`` does not raise by itself); 0-dim CPU tensors are allowed, as on a
-real GPU. The finding points at the factory that made the CPU tensor when known, else at the op.
+real GPU. The finding points at the factory that made the CPU tensor when known (also through CPU ops
+that derive a new tensor from it, ``arange(T).float()``), else at the op.
 Data-dependent calls are answered as in the meta run (:mod:`..meta`).
 """
 from __future__ import annotations
@@ -44,7 +45,27 @@ class _Origins(TorchFunctionMode):
                                                                weakref.ref(out.untyped_storage()))
             except (RuntimeError, TypeError):
                 pass
+        elif self.origins and isinstance(out, torch.Tensor) and out.device.type == "cpu":
+            self._inherit(out, args, kwargs)
         return out
+
+    def _inherit(self, out: torch.Tensor, args: Any, kwargs: Any) -> None:
+        """A CPU tensor computed from a factory's CPU tensor (``arange(T).float()``, ``ones(n) * 2``)
+        keeps the factory as its origin, so the finding points at the missing ``device=``."""
+        import weakref
+
+        try:
+            st = out.untyped_storage()
+        except (RuntimeError, TypeError):
+            return
+        if self.origin(out) is not None:
+            return
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                hit = self.origin(t)
+                if hit is not None:
+                    self.origins[st._cdata] = (hit[0], hit[1], weakref.ref(st))
+                    return
 
     def origin(self, t: torch.Tensor):
         try:
