@@ -297,3 +297,22 @@ def test_tr615_trainer_class(loss, body, expected):
     if "helper" in body:
         code += "\n        def helper(self, x, y):\n            return 0\n"
     assert _lines(code, "TR615") == expected
+
+
+def test_tr614_finds_the_cleared_optimizer_among_several_stepped():
+    code = """
+        import torch
+        def fit(encoder, decoder, loader, accum):
+            opt_enc = torch.optim.AdamW(encoder.parameters())
+            opt_dec = torch.optim.AdamW(decoder.parameters())
+            for i, x in enumerate(loader):
+                opt_dec.zero_grad()
+                (decoder(encoder(x)).mean() / accum).backward()
+                if (i + 1) % accum == 0:
+                    opt_enc.step()
+                    opt_dec.step()
+                    opt_enc.zero_grad()
+    """
+    assert _lines(code, "TR614") == [7]
+    assert _lines(code.replace("                opt_dec.zero_grad()\n", "").replace(
+        "opt_enc.zero_grad()", "opt_enc.zero_grad()\n                    opt_dec.zero_grad()"), "TR614") == []

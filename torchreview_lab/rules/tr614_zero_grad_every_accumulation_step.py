@@ -86,8 +86,9 @@ class ZeroGradEveryAccumulationStep(Rule):
         n, lo, hi = acc
         outside = [c for c in walk_own(loop.body, cst.Call) if not lo <= self.line_of(c) <= hi]
         recv = self.code_for(mc[0])
-        opt = next((o for c in walk_own(loop.body, cst.Call) if (o := stepped(self, c))), None)
-        if opt is None or not clears(self, recv, opt, node) or not any(writes_grads(self, c, True) for c in outside):
+        opt = next((o for c in walk_own(loop.body, cst.Call) if (o := stepped(self, c)) and clears(self, recv, o, node)),
+                   None)  # the stepped optimizer whose gradients this clears (a loop may step several)
+        if opt is None or not any(writes_grads(self, c, True) for c in outside):
             return
         every = self.code_for(n)
         self.report(
