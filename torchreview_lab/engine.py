@@ -146,6 +146,46 @@ def _resolve_severity(report: Report, standard: str, overrides: Dict[str, str]) 
     return sev or base
 
 
+def _visit(module: cst.Module, source: str, rules: list, ctx: RuleContext, review: "Review",
+           doc: SourceDocument) -> Tuple[RuleContext, MetadataWrapper]:
+    """All rules in one batched visit. A rule that raises (a bug of ours on code it did not expect, a
+    recursion too deep) is named in ``review.errors`` and left out, and the visit runs again with the
+    others on a fresh context, so one rule never costs the document its other findings."""
+    options = dict(ctx.options)
+    while True:
+        ctx = RuleContext(standard=ctx.standard, options=options)
+        ctx.module, ctx.source = module, source
+        wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+        visitors = [cls(ctx) for cls in rules] + [Observer(ctx)]
+        try:
+            wrapper.visit_batched(visitors)
+            return ctx, wrapper
+        except Exception as exc:  # noqa: BLE001 - reported below, the review goes on
+            culprit = _failing_visitor(exc, visitors)
+            what = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+            if culprit is None or isinstance(culprit, Observer):
+                review.errors.append(f"{doc.path}: the review failed ({what}); no findings for this document")
+                ctx.reports.clear()
+                return ctx, wrapper
+            review.errors.append(f"{doc.path}: rule {culprit.code} failed ({what}) and was skipped for this document; "
+                                 "the other rules ran")
+            rules = [r for r in rules if r is not type(culprit)]
+        finally:
+            clear_caches()
+
+
+def _failing_visitor(exc: BaseException, visitors: list) -> Any:
+    """The visitor whose method raised: the innermost traceback frame whose ``self`` is one of them."""
+    ids = {id(v): v for v in visitors}
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        me = tb.tb_frame.f_locals.get("self")
+        if id(me) in ids and ids[id(me)] is me:
+            found = me
+        tb = tb.tb_next
+    return found
+
+
 def review_document(
     doc: SourceDocument,
     standard: str = "research",
@@ -191,14 +231,7 @@ def review_document(
     if spans:
         module = _parse_combined(parts, spans, doc, syntax_findings, standard)
         if module is not None:
-            ctx.module = module
-            ctx.source = "".join(parts)
-            wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-            visitors = [cls(ctx) for cls in rules] + [Observer(ctx)]
-            try:
-                wrapper.visit_batched(visitors)
-            finally:
-                clear_caches()
+            ctx, wrapper = _visit(module, "".join(parts), list(rules), ctx, review, doc)
             positions = wrapper.resolve(PositionProvider)
             parents = wrapper.resolve(ParentNodeProvider)
             review.findings.extend(_to_findings(doc, spans, ctx, positions, parents, standard, config))

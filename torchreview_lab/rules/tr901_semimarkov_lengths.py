@@ -73,10 +73,10 @@ class SemiMarkovLengths(Rule):
             fix=Fix(before=self.code_for(lengths), after=f"{self.code_for(lengths)} + 1"),
         )
 
-    def _is_semimarkov(self, recv, fn) -> bool:
-        if isinstance(recv, cst.Name):
+    def _is_semimarkov(self, recv, fn, depth: int = 0) -> bool:
+        if isinstance(recv, cst.Name):  # through names (``x = x.to(d)`` refers to itself: bounded)
             vals = assigned_values(self, fn, recv.value) or assigned_values(self, None, recv.value)
-            return any(self._is_semimarkov(v, fn) for v in vals)
+            return depth < 4 and any(self._is_semimarkov(v, fn, depth + 1) for v in vals)
         if isinstance(recv, cst.Call):
             name = dotted_name(recv.func) or ""
             return name.split(".")[-1] == "SemiMarkov" or any(q.endswith("SemiMarkov") for q in self.qnames(recv.func))
