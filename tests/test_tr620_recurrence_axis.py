@@ -130,6 +130,31 @@ def test_correct_dynamic_programmes_stay_quiet(code):
     assert _lines(code) == []
 
 
+LIST_DP = """
+    import torch
+    def lse(x, dim):
+        return torch.logsumexp(x, dim)
+    def semi_markov(span, trans, start, B, C, T, K):
+        alphas = [span.new_full((B, C), float("-inf"))]
+        for t in range(1, T + 1):
+            cands = []
+            for k in range(1, min(K, t) + 1):
+                seg = span[:, t - k, t]
+                if t == k:
+                    cands.append(start + seg)
+                else:
+                    prev = alphas[t - k]
+                    cands.append(lse(prev.unsqueeze(-1) + trans, dim={DIM}) + seg)
+            alphas.append(lse(torch.stack(cands, dim=-1), dim=-1))
+        return torch.stack(alphas, dim=1)
+"""
+
+
+def test_a_dp_kept_in_a_list_through_the_documents_own_logsumexp():
+    assert _lines(LIST_DP.replace("{DIM}", "-1")) == [15]
+    assert _lines(LIST_DP.replace("{DIM}", "-2")) == []
+
+
 BUGGY_DPS = [
     ("""
     import torch

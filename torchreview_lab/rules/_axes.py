@@ -55,3 +55,18 @@ def _kind(s: cst.BaseSlice, scalars: Set[str]) -> str:
             isinstance(x, (cst.Call, cst.Subscript, cst.Attribute, cst.Tuple, cst.List)) for x in walk(v)):
         return "scalar"
     return "?"
+
+
+def store_base(e) -> str | None:
+    """``alpha`` for ``alpha``, ``alpha[:, t]`` or ``alphas[t - k]``; None for anything else."""
+    e = getattr(e, "value", e) if isinstance(e, (cst.Element, cst.StarredElement)) else e
+    while isinstance(e, cst.Subscript):
+        e = e.value
+    return e.value if isinstance(e, cst.Name) else None
+
+
+def other_axis(k: int) -> int:
+    """Where a (batch, state) or (state,) tensor's own entries sit next to the axis it was unsqueezed at."""
+    if k < 0:
+        return -2 if k == -1 else k + 1
+    return k - 1 if k >= 2 else k + 1

@@ -1,19 +1,21 @@
 from __future__ import annotations
 
+import re
 from typing import Iterator, Tuple
 
 import libcst as cst
 
 from ..findings import Fix
-from ._axes import unsqueezed
+from ._axes import other_axis, store_base, unsqueezed
 from ._bindings import reaching_value
 from ._flow import const_int
-from ._torch import (enclosing_function, enclosing_loops, kwarg, loop_targets, method_call, positional, torch_function,
-                     walk, walk_own)
+from ._torch import (enclosing_function, enclosing_loops, kwarg, loop_targets, method_call, module_functions, positional,
+                     torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
 _REDUCTIONS = frozenset({"logsumexp", "sum", "max", "amax", "min", "amin", "mean", "prod"})
 _COMBINE = (cst.Add, cst.Subtract, cst.Multiply)
+_LOCAL_REDUCTION = re.compile(r"^(log_?sum_?exp|lse|logsumexp\w*|\w*_logsumexp|smooth_?max|semiring_sum)$")
 
 
 class RecurrenceReducesBroadcastAxis(Rule):
@@ -75,6 +77,9 @@ class RecurrenceReducesBroadcastAxis(Rule):
             src, rest = positional(node)[0].value, positional(node)[1:]
         elif tf is None and mc is not None and mc[1] in _REDUCTIONS:
             src, rest = mc[0], positional(node)
+        elif tf is None and positional(node) and _LOCAL_REDUCTION.search(self.code_for(node.func)) and \
+                self.code_for(node.func) in module_functions(self):
+            src, rest = positional(node)[0].value, positional(node)[1:]  # the document's own logsumexp
         else:
             return
         dim = kwarg(node, "dim") or (rest[0] if rest else None)
@@ -97,7 +102,7 @@ class RecurrenceReducesBroadcastAxis(Rule):
                             "(logsumexp(a[:, :, None] + M, 2) == a + logsumexp(M, 1)): the forward variable, "
                             "partition function or Viterbi score is wrong, with no error."),
                     fix=Fix(before=self.code_for(node),
-                            after=self.code_for(node).replace(self.code_for(dim.value), str(_other_axis(k)), 1)),
+                            after=self.code_for(node).replace(self.code_for(dim.value), str(other_axis(k)), 1)),
                 )
                 return
 
@@ -112,34 +117,30 @@ class RecurrenceReducesBroadcastAxis(Rule):
                 yield hit
 
     def _updates(self, reduction: cst.Call, state: cst.BaseExpression) -> bool:
-        """The reduction's value (or the name it is assigned to) is assigned back to the state in the loop."""
-        base = state.value if isinstance(state, cst.Subscript) else state
-        if not isinstance(base, cst.Name):
-            return False
-        loop = enclosing_loops(self, reduction)[0]
-        carriers = {id(reduction)}
-        for a in self.ancestors(reduction):
-            if isinstance(a, cst.Assign):
-                carriers |= {id(n) for t in a.targets for n in walk(t.target, cst.Name)}
-                names = {n.value for t in a.targets for n in walk(t.target, cst.Name)}
+        """The reduction's value reaches the state's store in the loop: through assignments, subscript
+        stores and ``list.append`` (a DP kept as ``alphas.append(...)`` and read back as ``alphas[t - k]``)."""
+        fn, loop = enclosing_function(self, reduction), enclosing_loops(self, reduction)[-1]
+        bases = {store_base(state)}
+        if isinstance(state, cst.Name):
+            held = reaching_value(self, fn, state.value, reduction)
+            bases.add(store_base(held) if isinstance(held, cst.Subscript) else None)
+        bases.discard(None)
+        tainted: set = set()
+        for _ in range(4):  # names, then the lists and tables they are written into
+            before = len(tainted)
+            for node in walk_own(loop.body, (cst.Assign, cst.AugAssign, cst.Call)):
+                if isinstance(node, cst.Call):
+                    mc = method_call(node)
+                    if mc and mc[1] in ("append", "extend", "insert") and self._carries(node, reduction, tainted):
+                        tainted.add(store_base(mc[0]))
+                elif self._carries(node.value, reduction, tainted):
+                    targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
+                    tainted |= {store_base(x) for t in targets for x in (t.elements if isinstance(t, (cst.Tuple, cst.List))
+                                                                     else [t])}
+            if bases & tainted or len(tainted) == before:
                 break
-        else:
-            names = set()
-        for asg in walk_own(loop.body, cst.Assign):
-            value_names = {n.value for n in walk(asg.value, cst.Name)}
-            feeds = any(x is reduction for x in walk(asg.value, cst.Call)) or names & value_names
-            for t in asg.targets:
-                tgt = t.target.elements[0].value if isinstance(t.target, (cst.Tuple, cst.List)) and \
-                    t.target.elements else t.target
-                tbase = tgt.value if isinstance(tgt, cst.Subscript) else tgt
-                if (feeds or any(x is reduction for x in walk(asg.value))) and isinstance(tbase, cst.Name) \
-                        and tbase.value == base.value and (isinstance(tgt, cst.Subscript) == (state is not base)):
-                    return True
-        return False
+        return bool(bases & tainted)
 
-
-def _other_axis(k: int) -> int:
-    """Where a (batch, state) or (state,) tensor's own entries sit next to the axis it was unsqueezed at."""
-    if k < 0:
-        return -2 if k == -1 else k + 1
-    return k - 1 if k >= 2 else k + 1
+    @staticmethod
+    def _carries(expr: cst.CSTNode, reduction: cst.Call, tainted: set) -> bool:
+        return any(x is reduction or isinstance(x, cst.Name) and x.value in tainted for x in walk(expr))
