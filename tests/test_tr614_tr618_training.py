@@ -316,3 +316,103 @@ def test_tr614_finds_the_cleared_optimizer_among_several_stepped():
     assert _lines(code, "TR614") == [7]
     assert _lines(code.replace("                opt_dec.zero_grad()\n", "").replace(
         "opt_enc.zero_grad()", "opt_enc.zero_grad()\n                    opt_dec.zero_grad()"), "TR614") == []
+
+
+def test_tr605_train_once_before_the_epoch_loop_does_not_undo_an_evaluation_inside_it():
+    code = """
+        import torch
+        @torch.no_grad()
+        def evaluate(model, loader):
+            model.eval()
+            return sum(model(x).mean().item() for x in loader)
+        def fit(model, opt, train_loader, val_loader, epochs):
+            model.train()
+            for epoch in range(epochs):
+                for step, x in enumerate(train_loader):
+                    opt.zero_grad()
+                    model(x).mean().backward()
+                    opt.step()
+                    if step % 100 == 0:
+                        evaluate(model, val_loader)
+    """
+    assert _lines(code, "TR605") == [15]
+    restored = code.replace("                        evaluate(model, val_loader)\n",
+                            "                        evaluate(model, val_loader)\n                        model.train()\n")
+    assert _lines(restored, "TR605") == []
+
+
+def test_tr154_features_kept_by_a_helper_called_after_eval_without_no_grad():
+    code = """
+        import torch
+        def extract(model, loader):
+            feats = []
+            for img in loader:
+                feats.append(model.encode_image(img))
+            return torch.cat(feats)
+        model.eval()
+        img_feats = extract(model, val_loader)
+    """
+    assert _lines(code, "TR154") == [5]
+    guarded = code.replace("img_feats = extract(model, val_loader)",
+                           "with torch.no_grad():\n            img_feats = extract(model, val_loader)")
+    assert _lines(guarded, "TR154") == []
+    assert _lines(code.replace("model.eval()\n", ""), "TR154") == []  # no eval before: a training-time helper?
+
+
+def test_tr151_loss_read_from_a_model_output_attribute():
+    code = """
+        def train(model, loader, optimizer, scaler, accum):
+            epoch_loss = 0.0
+            for step, (ids, labels) in enumerate(loader):
+                out = model(input_ids=ids, labels=labels)
+                loss = out.loss / accum
+                scaler.scale(loss).backward()
+                epoch_loss += loss
+                optimizer.step()
+            return epoch_loss
+    """
+    assert _lines(code, "TR151") == [8]
+    assert _lines(code.replace("epoch_loss += loss", "epoch_loss += loss.item()"), "TR151") == []
+
+
+def test_tr617_loader_returned_by_a_builder_and_trained_in_main():
+    code = """
+        from torch.utils.data import DataLoader, DistributedSampler
+        def build_loaders(train_ds, bs):
+            train_sampler = DistributedSampler(train_ds, shuffle=True)
+            train_loader = DataLoader(train_ds, batch_size=bs, sampler=train_sampler)
+            return train_loader, train_sampler
+        def main(model, opt, ds, epochs):
+            train_loader, train_sampler = build_loaders(ds, 64)
+            for epoch in range(epochs):
+                for x in train_loader:
+                    model(x).mean().backward()
+                    opt.step()
+    """
+    assert _lines(code, "TR617") == [10]
+    fixed = code.replace("            for epoch in range(epochs):\n",
+                         "            for epoch in range(epochs):\n                train_sampler.set_epoch(epoch)\n")
+    assert _lines(fixed, "TR617") == []
+
+
+def test_tr605_the_ensemble_in_eval_mode_is_not_the_estimator_being_trained():
+    """torchensemble-style: a local estimator trains; ``self.eval()`` (the ensemble) and helper methods of the
+    class called in the loop (``self._clip_lr``) are not the trained network."""
+    code = """
+        import torch
+        class Ensemble(torch.nn.Module):
+            def fit(self, loader, test_loader, epochs):
+                estimator = self._make_estimator()
+                optimizer = self._make_optimizer(estimator)
+                estimator.train()
+                for epoch in range(epochs):
+                    for x, y in loader:
+                        optimizer = self._clip_lr(optimizer)
+                        optimizer.zero_grad()
+                        loss = self._criterion(estimator(x), y)
+                        loss.backward()
+                        optimizer.step()
+                    self.eval()
+                    self.evaluate(test_loader)
+    """
+    assert _lines(code, "TR605") == []

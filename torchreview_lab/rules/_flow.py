@@ -133,7 +133,13 @@ def graph_reason(rule, fn, scope, expr: cst.BaseExpression, depth: int = 0) -> O
         return graph_reason(rule, fn, scope, expr.expression, depth + 1)
     if isinstance(expr, cst.Subscript):
         return graph_reason(rule, fn, scope, expr.value, depth + 1)
+    if isinstance(expr, cst.Attribute) and expr.attr.value not in _NO_GRAPH_ATTRIBUTES:
+        return graph_reason(rule, fn, scope, expr.value, depth + 1)  # out.loss, outputs.logits of a model call
     return None
+
+
+_NO_GRAPH_ATTRIBUTES = frozenset({"shape", "dtype", "device", "grad", "data", "requires_grad", "ndim", "is_cuda",
+                                  "layout", "names", "grad_fn", "is_leaf"})
 
 
 def combined_with(rule, fn: cst.FunctionDef, name: str, others) -> bool:
@@ -278,6 +284,7 @@ MODEL_HINTS = ("model", "net", "encoder", "decoder", "module", "policy", "critic
 MODEL_FACTORY_PREFIXES = ("get_", "build_", "load_", "make_", "create_", "init_", "setup_", "register_", "add_",
                           "wrap_", "find_", "is_", "has_", "set_", "prepare_", "convert_", "replace_", "named_")
 MODEL_METHODS = frozenset({"forward", "encode", "decode", "loss", "compute_loss", "log_prob", "elbo"})
+MODEL_METHOD_PREFIXES = ("encode_", "decode_", "forward_")
 LOSS_HINTS = ("loss", "criterion")
 LOSS_REDUCTIONS = frozenset({"sum", "mean", "norm", "logsumexp", "prod", "std", "var", "nansum", "nanmean"})
 LOSS_FUNCTIONS = frozenset({"cross_entropy", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits"})
@@ -310,7 +317,7 @@ def _model_of(rule, call: cst.Call, models) -> Optional[str]:
     if code in models or (name and _model_hinted(name)):
         return code
     mc = method_call(call)
-    if mc and mc[1] in MODEL_METHODS:
+    if mc and (mc[1] in MODEL_METHODS or mc[1].startswith(MODEL_METHOD_PREFIXES)):  # encode_image, forward_features
         recv = rule.code_for(mc[0])
         if recv in models or (dotted_name(mc[0]) and _model_hinted(dotted_name(mc[0]))):
             return recv

@@ -8,8 +8,8 @@ from ..findings import Fix
 from ._context import bound_values, is_evaluation_name, is_forward, module_kind
 from ._flow import (accumulations, called_only_under_no_grad, grad_disabled_before, in_no_grad, model_sources,
                     modes_before, scope_of)
-from ._loops import bounded_iterable, loop_derived
 from ._bindings import derived_names, instance_class
+from ._loops import bounded_iterable, loop_derived
 from ._torch import dotted_name, enclosing_loops, in_loop_body, method_call, module_functions, names_in, walk, walk_own
 from ._training import writes_grads
 from .base import Invalid, Rule
@@ -27,15 +27,15 @@ class EvalWithoutNoGrad(Rule):
         no ``torch.no_grad()``/``torch.inference_mode()`` (context or decorator) and no
         ``.backward()`` anywhere in the function. Also (High) an evaluation with neither: a loop over
         batches that runs a model on them and accumulates metrics or predictions (``.item()``,
-        ``argmax``, comparisons; any kept output in a function named for evaluation), with nothing
+        ``argmax``, comparisons; any kept output in a function named for evaluation or whose callers all
+        call ``.eval()`` first, e.g. feature extraction for retrieval), with nothing
         that trains (backward, optimizer step, ``.train()``, here or in called functions) and no
         ``no_grad`` around it, a module-level ``set_grad_enabled(False)`` or around every caller.
 
     Why is this bad:
-        ``eval()`` only changes dropout and batch norm; autograd still records every op and keeps
-        the activations each one saves for a backward pass that never comes. Evaluation then
-        needs about as much memory as training (more with large validation batches), runs
-        slower, and any output kept in a list holds its whole graph.
+        ``eval()`` only changes dropout and batch norm; autograd still records every op and keeps the
+        activations each one saves for a backward pass that never comes. Evaluation then needs about as
+        much memory as training, runs slower, and any output kept in a list holds its whole graph.
 
     Example:
         model.eval()
@@ -114,23 +114,22 @@ class EvalWithoutNoGrad(Rule):
                     if names_in(v) & outs or any(v is c or c in walk(v) for c in runs)]
             metric = any(isinstance(n, cst.Comparison) or (dotted_name(n.func) or (method_call(n) or ("", ""))[1]).split(
                 ".")[-1] in _DONE for _, v in accs for n in walk(v, (cst.Call, cst.Comparison)))
-            if not runs or not accs or not (metric or is_evaluation_name(fn.name.value.lower())):
-                continue
-            model, head, moded = self.code_for(runs[0].func), self.code_for(loop).splitlines()[0], self._callers_eval(fn)
-            self.report(
-                loop,
-                problem=(f"`{fn.name.value}` evaluates `{model}` over batches (keeping `{self.code_for(accs[0][0])}`) "
-                         + ("without `torch.no_grad()` (its callers call `.eval()`): autograd keeps every batch's graph."
-                            if moded else f"with neither `{model}.eval()` nor `torch.no_grad()`: BatchNorm and dropout "
-                            "run in training mode and autograd keeps every batch's graph.")),
-                impact=("" if moded else "Metrics come from a model with dropout on and batch statistics (BatchNorm "
-                        "running stats are even updated by the evaluation data); ") + "each forward stores the "
-                       "activations for a backward pass that never comes, at training-level memory and time.",
-                fix=Fix(before=head, after=f"{model}.eval()\nwith torch.inference_mode():\n    {head}"),
-                severity=None if moded else "high", category=None if moded else "algorithm-correctness",
-                title=None if moded else "Evaluation loop without model.eval() or torch.no_grad()",
-            )
-            return
+            moded = bool(runs and accs) and self._callers_eval(fn)  # kept outputs of a model its callers evaluate
+            if runs and accs and (metric or moded or is_evaluation_name(fn.name.value.lower())):
+                model, head = self.code_for(runs[0].func), self.code_for(loop).splitlines()[0]
+                return self.report(
+                    loop,
+                    problem=(f"`{fn.name.value}` evaluates `{model}` over batches (keeping `{self.code_for(accs[0][0])}`) "
+                             + ("without `torch.no_grad()` (its callers call `.eval()`): autograd keeps every batch's graph."
+                                if moded else f"with neither `{model}.eval()` nor `torch.no_grad()`: BatchNorm and dropout "
+                                "run in training mode and autograd keeps every batch's graph.")),
+                    impact=("" if moded else "Metrics come from a model with dropout on and batch statistics (BatchNorm "
+                            "running stats are even updated by the evaluation data); ") + "each forward stores the "
+                           "activations for a backward pass that never comes, at training-level memory and time.",
+                    fix=Fix(before=head, after=f"{model}.eval()\nwith torch.inference_mode():\n    {head}"),
+                    severity=None if moded else "high", category=None if moded else "algorithm-correctness",
+                    title=None if moded else "Evaluation loop without model.eval() or torch.no_grad()",
+                )
 
     def _callers_eval(self, fn: cst.FunctionDef) -> bool:
         """Every call of ``fn`` in the document follows a ``.eval()`` call in the caller's scope."""

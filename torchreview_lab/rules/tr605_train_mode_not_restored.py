@@ -1,18 +1,16 @@
 from __future__ import annotations
 
+import re
 from typing import Dict, FrozenSet, Set
 
 import libcst as cst
 
 from ..findings import Fix
 from ._flow import in_no_grad, runs_forward
-from ._torch import dotted_name, enclosing_function, function_facts, method_call, module_functions, walk, walk_own
-from ._training import optimizers, param_roots, stepped
+from ._torch import dotted_name, enclosing_class, enclosing_function, function_facts, method_call, module_functions, walk, walk_own
+from ._training import calls_method as _calls_method, is_training_loop as _is_training_loop, optimizers, param_roots, \
+    self_attributes as _attributes, stepped
 from .base import Invalid, Rule
-
-
-def _calls_method(scope: cst.CSTNode, name: str) -> bool:
-    return any((mc := method_call(c)) is not None and mc[1] == name and not c.args for c in walk(scope, cst.Call))
 
 
 def _same(evaluated: str, trained: str) -> bool:
@@ -21,27 +19,22 @@ def _same(evaluated: str, trained: str) -> bool:
         trained + ".module", trained + "._orig_mod")
 
 
-def _is_training_loop(loop: cst.For) -> bool:
-    """The loop body runs ``loss.backward()`` and ``<optimizer>.step()``."""
-    return {"backward", "step"} <= {mc[1] for c in walk(loop.body, cst.Call) if (mc := method_call(c))}
-
-
 class TrainModeNotRestored(Rule):
     """A training loop never puts the model back in training mode after evaluation.
 
     What it does:
         Flags a training loop (a loop whose body calls ``.backward()`` and ``optimizer.step()``)
-        in a function that never calls ``model.train()``, when that function (directly, or
+        that never gets ``model.train()`` back (in the loop itself when it evaluates: one call
+        before the epoch loop is not enough), when the function (directly, or
         through a function of the same document it calls) runs ``model.eval()`` on the network the
         loop trains (the owner of the stepped optimizer's parameters, else the network it runs): the
         same name or attribute chain, not a copy such as ``ema = deepcopy(model).eval()``. High when the
-        evaluation runs inside the training loop itself; Medium when it only happens in a
-        function the training calls before the loop.
+        evaluation runs inside the training loop (reported at the evaluating call); Medium (at the loop)
+        when only a function called before it does.
 
     Why is this bad:
-        ``eval()`` switches dropout off and makes batch norm use running statistics. Without
-        ``train()`` afterwards, every epoch after the first evaluation trains a different model
-        than intended: no error, just worse (or suspiciously overfit) results.
+        ``eval()`` switches dropout off and makes batch norm use running statistics. Without ``train()``
+        afterwards, every step after the first evaluation trains another model: no error, worse results.
 
     Example:
         for epoch in range(epochs):
@@ -77,10 +70,10 @@ class TrainModeNotRestored(Rule):
         Invalid("def evaluate(model, xs):\n    model.eval()\n    return [model(x) for x in xs]\n\n"
                 "def fit(model, opt, data, epochs):\n    for epoch in range(epochs):\n"
                 "        for x in data:\n            loss = model(x).sum()\n            loss.backward()\n            opt.step()\n"
-                "        evaluate(model, data)\n", line=6),
+                "        evaluate(model, data)\n", line=11),
         Invalid("def fit(model, opt, data, epochs):\n    for epoch in range(epochs):\n        for x in data:\n"
                 "            model(x).sum().backward()\n            opt.step()\n        model.eval()\n"
-                "        val = model(data[0])\n", line=2),
+                "        val = model(data[0])\n", line=6),
     ]
 
     def visit_Module(self, node: cst.Module) -> None:
@@ -112,20 +105,17 @@ class TrainModeNotRestored(Rule):
         else the networks it runs with autograd on and those whose ``.parameters()`` it reads."""
         built = [optimizers(self).get(o) for c in walk(loop.body, cst.Call) if (o := stepped(self, c))]
         roots = set().union(*(param_roots(self, b) for b in built if b is not None and enclosing_function(self, b) is fn))
-        if roots:
-            return roots
-        for c in walk(loop.body, cst.Call):
+        for c in walk(loop.body, cst.Call) if not roots else ():
             mc = method_call(c)
             if mc and mc[1] in ("parameters", "named_parameters") and dotted_name(mc[0]):
                 roots.add(self.code_for(mc[0]))
             elif (isinstance(c.func, cst.Name) or mc and dotted_name(mc[0]) == "self") and runs_forward(self, c) \
-                    and not in_no_grad(self, c):
-                roots.add(self.code_for(c.func))  # model(x), self.net(x)
+                    and not in_no_grad(self, c) and not re.search("loss|criterion", self.code_for(c.func), re.I) \
+                    and not (mc and mc[1] not in _attributes(self, enclosing_class(self, fn))):
+                roots.add(self.code_for(c.func))  # model(x), self.net(x) (assigned in the class); not self._clip_lr()
         return roots
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        if _calls_method(node.body, "train"):
-            return
         for loop in walk_own(node.body, cst.For):
             if not _is_training_loop(loop):
                 continue
@@ -136,15 +126,19 @@ class TrainModeNotRestored(Rule):
             if not hit:
                 continue
             inside = any(_same(e, t) for e in self._evaluated(outer.body) for t in trained)
-            first = self.code_for(outer).splitlines()[0]
-            self.report(
-                outer,
+            if _calls_method(outer.body if inside else node.body, "train"):
+                continue  # restored: in the loop that evaluates, or anywhere after an evaluation before it
+            site = next((c for c in walk(outer.body, cst.Call) if any(_same(e, t) for e in self._evaluated(c) for t in
+                                                                       trained)), None) if inside else None
+            first = self.code_for(site or outer).splitlines()[0]
+            self.report(site or outer,
                 problem=(f"`{node.name.value}` trains `{hit[0]}` in a loop but never calls `.train()`, while "
                          + ("an evaluation inside the loop" if inside else "code it runs")
                          + f" calls `{hit[0]}.eval()`."),
                 impact=("After the first evaluation, dropout stays off and batch norm uses running statistics for "
                         "all further training steps: a different model trains, silently."),
-                fix=Fix(before=first, after=first + f"\n    {hit[0]}.train()  # at the start of every epoch"),
+                fix=Fix(before=first, after=first + (f"\n{hit[0]}.train()  # back to training" if site else
+                                                     f"\n    {hit[0]}.train()  # at the start of every epoch")),
                 severity=None if inside else "medium",
             )
             return

@@ -5,6 +5,7 @@ import libcst as cst
 from ..findings import Fix
 from ._context import construction_of
 from ._knowledge import EPOCH_SEEDED_SAMPLERS
+from ._loader_flow import loops_over
 from ._torch import (assigned_name, assigned_values, enclosing_function, enclosing_loops, is_constant, kwarg,
                      last_part, method_call, module_functions, names_in, positional, torch_function, walk, walk_own)
 from .base import Invalid, Rule
@@ -15,12 +16,12 @@ class DistributedSamplerWithoutSetEpoch(Rule):
 
     What it does:
         Finds ``DataLoader(..., sampler=s)`` (or ``batch_sampler=BatchSampler(s, ...)``) where ``s`` is a
-        shuffling ``torch.utils.data.distributed.DistributedSampler`` (built in place or assigned to a
-        name), and flags the loop over that loader when it sits inside an outer (epoch) loop whose body
+        shuffling ``DistributedSampler`` (built in place or assigned to a name), and flags the loop over that
+        loader (also where it is returned or passed to) when it sits in an outer (epoch) loop whose body
         never calls ``set_epoch``. ``s.set_epoch(epoch)``, ``loader.sampler.set_epoch(epoch)`` or any
-        other ``set_epoch`` call in the epoch loop, a helper of this document that calls it and gets the
-        loader or sampler, ``shuffle=False`` (or a non-literal shuffle), a sampler or loader built inside
-        the epoch loop and a loader iterated once are not flagged.
+        other ``set_epoch`` call in the epoch loop, a helper of this document that calls it and gets the loader
+        or sampler, ``shuffle=False`` (or a non-literal shuffle), a sampler or loader built in the epoch loop
+        and a loader iterated once are not flagged.
 
     Why is this bad:
         ``DistributedSampler`` shuffles with ``seed + epoch`` and its epoch stays 0 until ``set_epoch``
@@ -93,11 +94,9 @@ class DistributedSamplerWithoutSetEpoch(Rule):
         scope = fn or self.ctx.module
         if name is not None and len(assigned_values(self, fn, name)) != 1:
             return  # rebound (e.g. wrapped by a launcher that handles the epoch): not followed
-        if name is not None:
-            loops = [f for f in walk_own(scope, cst.For) if name in self._iterated(f.iter, scope)]
-        else:
-            loops = [a for a in self.ancestors(node) if isinstance(a, cst.For)][:1]
-            loops = [f for f in loops if any(x is node for x in walk(f.iter))]
+        loops = [f for f in walk_own(scope, cst.For) if name in self._iterated(f.iter, scope)] if name is not None else [
+            f for f in [a for a in self.ancestors(node) if isinstance(a, cst.For)][:1] if any(x is node for x in walk(f.iter))]
+        loops = loops or [f for f in loops_over(self, node) if isinstance(f, cst.For)]  # returned or passed on
         for loop in loops:
             outer = [a for a in enclosing_loops(self, loop) if isinstance(a, (cst.For, cst.While)) and not any(
                 x is made or x is node for x in walk(a))]
