@@ -262,4 +262,49 @@ def test_tr605_optimizer_owner_is_the_trained_network():
             "            loss = compute(model, ema, x)\n            loss.backward()\n            opt.step()\n"
             "        {}.eval()\n")
     assert _lines(code.format("ema"), "TR605") == []
-    assert _lines(code.format("model"), "TR605") == [5]
+    assert _lines(code.format("model"), "TR605") == [10]
+
+
+VAE = H + """
+class VAE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(784, 64)
+        self.dec = nn.Sequential(nn.Linear(32, 784), {LAST})
+
+    def decode(self, z):
+        return self.dec(z)
+
+    def forward(self, x):
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+
+def vae_loss(recon, x, mu, logvar):
+    rec = F.binary_cross_entropy_with_logits(recon, x, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return rec + kl
+
+
+def train(loader, opt):
+    model = VAE()
+    for x in loader:
+        recon, mu, logvar = model(x)
+        loss = vae_loss(recon, x, mu, logvar)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+"""
+
+
+def test_tr607_decoder_sigmoid_reaches_bce_with_logits_through_a_tuple_and_a_loss_helper():
+    """forward returns (self.decode(z), mu, logvar); decode ends in nn.Sigmoid; the loss helper gets the
+    first element as a parameter: the sigmoid is applied twice."""
+    assert _lines(VAE.replace("{LAST}", "nn.Sigmoid()"), "TR607") == [21]
+    assert _lines(VAE.replace("{LAST}", "nn.Identity()"), "TR607") == []
+    # the element that is not the reconstruction, or a helper also called with logits elsewhere: quiet
+    assert _lines(VAE.replace("{LAST}", "nn.Sigmoid()").replace("recon, mu, logvar = model(x)",
+                                                                 "mu, recon, logvar = model(x)"), "TR607") == []
+    mixed = VAE.replace("{LAST}", "nn.Sigmoid()") + "\ndef check(x, logits):\n    return vae_loss(logits, x, x, x)\n"
+    assert _lines(mixed, "TR607") == []

@@ -46,10 +46,23 @@ def activation_of(rule, expr, fn, use_line: int, depth: int = 0) -> Optional[Tup
             return (mc[1], expr)
         if mc[1] in PROBABILITY_PRESERVING:
             return activation_of(rule, mc[0], fn, use_line, depth + 1)
+    meth = _own_method(rule, fn, expr) if mc and head == "self" else None
+    if meth is not None:  # self.decode(z): what every return of the class's method gives
+        got = [activation_of(rule, r.value, meth, rule.line_of(r), depth + 1) for r in walk_own(meth.body, cst.Return)
+               if r.value is not None]
+        return got[0] if got and None not in got and len({g[0] for g in got}) == 1 else None
     module = construction_of(rule, fn, expr.func)  # nn.Softmax(1)(x); self.net(x), an nn.Sequential ending in one
     last = last_layer(rule, module) if module is not None else None
     kind = ACTIVATION_OUTPUTS.get(last_part(torch_function(rule, last))) if last is not None else None
     return (kind, expr) if kind else None
+
+
+def _own_method(rule, fn, call: cst.Call) -> Optional[cst.FunctionDef]:
+    """The method of ``fn``'s class that ``self.name(...)`` calls (not a submodule attribute)."""
+    cls = enclosing_class(rule, fn) if fn is not None else None
+    if cls is None or not isinstance(call.func, cst.Attribute) or dotted_name(call.func.value) != "self":
+        return None
+    return next((f for f in walk_own(cls.body, cst.FunctionDef) if f.name.value == call.func.attr.value), None)
 
 
 def sigmoid_output(rule, fn, expr, depth: int = 0) -> Optional[Tuple[str, Optional[cst.BaseExpression], bool]]:

@@ -269,14 +269,18 @@ def instance_class(rule, fn, func: cst.CSTNode, depth: int = 0) -> Optional[cst.
     return None
 
 
-def forward_activation(rule, cls: cst.ClassDef) -> Optional[Tuple[str, cst.Call]]:
+def forward_activation(rule, cls: cst.ClassDef, index: Optional[int] = None) -> Optional[Tuple[str, cst.Call]]:
     """``(kind, producing call)`` when every ``return`` of ``cls.forward`` gives the same activation
-    output (softmax, sigmoid, log_softmax), e.g. ``return F.softmax(self.net(x), dim=-1)``."""
-    key = ("forward-activation", id(cls))
+    output (softmax, sigmoid, log_softmax), e.g. ``return F.softmax(self.net(x), dim=-1)``; with ``index``,
+    element ``index`` of the tuple every return gives (``return self.decode(z), mu, logvar``)."""
+    key = ("forward-activation", id(cls), index)
     if key not in rule.ctx.cache:
         rule.ctx.cache[key] = None  # guards recursion
         fwd = next((f for f in cls.body.body if isinstance(f, cst.FunctionDef) and f.name.value == "forward"), None)
         rets = [r.value for r in walk_own(fwd.body, cst.Return)] if fwd is not None else []
+        if index is not None:
+            rets = [r.elements[index].value if isinstance(r, cst.Tuple) and len(r.elements) > index and not isinstance(
+                r.elements[index], cst.StarredElement) else None for r in rets]
         got = [activation_of(rule, r, fwd, rule.line_of(r)) if r is not None else None for r in rets]
         if got and None not in got and len({g[0] for g in got}) == 1:
             rule.ctx.cache[key] = got[0]

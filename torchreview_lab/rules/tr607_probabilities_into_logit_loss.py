@@ -6,7 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._activations import activation_of
-from ._bindings import forward_activation, instance_class, reaching_value
+from ._model_outputs import model_output
 from ._context import construction_of, last_layer
 from ._knowledge import LOSS_INPUTS, PROBABILITY_PRESERVING, WRONG_LOSS_INPUTS
 from ._torch import (enclosing_function, is_method_call, kwarg, last_part, method_call, positional, source_text,
@@ -79,7 +79,7 @@ class ProbabilitiesIntoLogitLoss(Rule):
         if loss is None or arg is None:
             return
         expects, fn = LOSS_INPUTS[loss], enclosing_function(self, node)
-        found = activation_of(self, arg.value, fn, self.line_of(node)) or self._model_output(fn, arg.value)
+        found = activation_of(self, arg.value, fn, self.line_of(node)) or model_output(self, fn, arg.value)
         if found is None or found[0] not in WRONG_LOSS_INPUTS[expects]:
             return
         kind, producer = found[:2]
@@ -99,18 +99,6 @@ class ProbabilitiesIntoLogitLoss(Rule):
                     "saturate, so the model trains slowly or to a worse optimum, without any error."),
             fix=fix, replacement=producer if safe else None,
         )
-
-    def _model_output(self, fn, expr, depth: int = 0):
-        """``(kind, model call, forward's activation)`` when ``expr`` is (a reshape or index of) the output
-        of ``model(x)``, ``model`` an instance of a document class whose ``forward`` always returns one."""
-        if isinstance(expr, cst.Name) and depth < 4:
-            v = reaching_value(self, fn, expr.value, expr)
-            return self._model_output(fn, v, depth + 1) if v is not None else None
-        if isinstance(expr, cst.Subscript) or is_method_call(self, expr, PROBABILITY_PRESERVING):
-            return self._model_output(fn, expr.value if isinstance(expr, cst.Subscript) else expr.func.value, depth + 1)
-        cls = instance_class(self, fn, expr.func) if isinstance(expr, cst.Call) else None
-        act = forward_activation(self, cls) if cls is not None else None
-        return (act[0], expr, act[1]) if act else None
 
     def _loss_of(self, call: cst.Call) -> Optional[str]:
         tf = torch_function(self, call)
