@@ -124,3 +124,15 @@ def test_notebook_epoch_loop_calling_a_helper_from_another_cell_is_quiet():
 ])
 def test_a_loop_over_precomputed_values_is_low_one_that_computes_them_medium(code, line, severity):
     assert _found(code) == [("TR404", line, severity)]
+
+
+def test_numpy_values_are_not_device_syncs():
+    code = (
+        "import numpy as np\nimport torch\nrng = np.random.default_rng(0)\n"
+        "def fit(model, opt, loader):\n    for x in loader:\n        n = int(rng.integers(1, 300))\n"
+        "        ids = rng.integers(1, 30000, n).tolist()\n        idx = np.arange(n).tolist()\n"
+        "        loss = model(x).mean()\n        loss.backward()\n        opt.step()\n        print(loss.item())\n")
+    from torchreview_lab.engine import review_source
+
+    found = [(f.rule, f.line) for f in review_source(code, "n.py", "research", select=["TR404"]).findings]
+    assert found == [("TR404", 12)]  # only the tensor's .item()

@@ -7,8 +7,8 @@ import libcst as cst
 
 from ._knowledge import STRICT_SYNC_METHODS
 from ._loops import bindings_in, loop_level, runs_step
-from ._torch import (enclosing_loops, is_method_call, loop_targets, method_call, names_in, torch_function, walk,
-                     walk_own)
+from ._torch import (assigned_values, enclosing_function, enclosing_loops, is_method_call, loop_targets, method_call,
+                     names_in, torch_function, walk, walk_own)
 
 SYNC_EXPLANATIONS = {
     "item": "reads one value back to Python",
@@ -23,10 +23,27 @@ def sync_method(rule, node: cst.Call) -> Optional[str]:
     """``item``/``tolist``/``numpy``/``cpu``/``nonzero`` for a syncing method or ``torch.nonzero`` call."""
     m = is_method_call(rule, node, STRICT_SYNC_METHODS)
     if m:
-        return m
+        return None if _numpy_made(rule, method_call(node)[0]) else m
     if torch_function(rule, node) == "nonzero":
         return "nonzero"
     return None
+
+
+def _numpy_made(rule, expr, depth: int = 0) -> bool:
+    """``expr`` is made by numpy (``np.arange(3)``, ``rng.integers(1, 9, n)`` with ``rng = np.random.default_rng()``):
+    its ``.tolist()``/``.item()`` never touches a device."""
+    while isinstance(expr, cst.Call) and depth < 4:
+        if any(q.startswith("numpy.") for q in rule.qnames(expr.func)):
+            return True
+        mc = method_call(expr)
+        if mc is None:
+            return False
+        expr, depth = mc[0], depth + 1
+    if isinstance(expr, cst.Name) and depth < 4:
+        fn = enclosing_function(rule, expr)
+        vals = (assigned_values(rule, fn, expr.value) if fn is not None else []) or assigned_values(rule, None, expr.value)
+        return bool(vals) and all(_numpy_made(rule, v, depth + 1) for v in vals)
+    return False
 
 
 def outer_of_chain(rule, node: cst.Call) -> bool:

@@ -5,10 +5,10 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import canonical_size
+from ._flow import canonical_size, const_int
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
 from ._torch import (assigned_values, enclosing_function, is_method_call, kwarg, method_call, shape_dims,
-                     torch_function, walk_own)
+                     torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
 
@@ -100,7 +100,7 @@ class PairwiseSequenceTensor(Rule):
             impact="Memory grows quadratically with the sequence length: 640 GB in float32 at T = 400,000.",
             fix=Fix(before=self.code_for(node), after="# keep only the band |i - j| <= K, or stream over one axis"),
             evidence={"repeated_dim": rep[0]},
-            severity="low" if mask else None,
+            severity="low" if mask or self._size_asserted(node) else None,
         )
 
     def _label_axis(self, d, canon: str, fn) -> bool:
@@ -136,4 +136,15 @@ class PairwiseSequenceTensor(Rule):
             impact="Memory and time grow quadratically with the length of that axis: out-of-memory on long sequences.",
             fix=Fix(before=self.code_for(node),
                     after="# restrict to the pairs needed (a band of width K, torch.cdist, chunking over one axis)"),
+            severity="low" if self._size_asserted(node) else None,
         )
+
+    def _size_asserted(self, node) -> bool:
+        """The function asserts an upper bound (``assert T <= 4096``): a capped test or reference path."""
+        fn = enclosing_function(self, node)
+        for a in walk_own(fn.body, cst.Assert) if fn is not None else ():
+            for c in walk(a.test, cst.Comparison):
+                if any(isinstance(t.operator, (cst.LessThan, cst.LessThanEqual)) and const_int(t.comparator) is not None
+                       and const_int(t.comparator) <= 100_000 for t in c.comparisons):
+                    return True
+        return False

@@ -20,6 +20,9 @@ def _is_neg_inf(rule, e) -> bool:
                     "float(\"-Inf\")", "-float(\"Inf\")")
 
 
+_DIAGONAL_KEEPERS = frozenset({"triu", "tril", "eye"})
+
+
 class NegInfMaskSoftmax(Rule):
     """``-inf`` masking feeds a softmax/logsumexp whose row may be fully masked.
 
@@ -27,7 +30,8 @@ class NegInfMaskSoftmax(Rule):
         Flags ``softmax``/``log_softmax``/``logsumexp`` of a tensor filled with ``-inf`` by
         ``masked_fill`` (or ``torch.where``) when nothing in the function guards against a row
         that is masked everywhere (``nan_to_num``, an ``isnan``/``any`` check) and the mask is not
-        a causal ``triu``/``tril`` mask, which always keeps the diagonal.
+        built from a causal ``triu``/``tril`` mask or an ``eye`` (a query that always sees itself), which
+        keep the diagonal.
 
     Why is this bad:
         A fully masked row is all ``-inf``: ``softmax`` returns NaN (0/0), ``logsumexp`` returns
@@ -48,6 +52,8 @@ class NegInfMaskSoftmax(Rule):
     category = "numerical-stability"
     severity = {"research": "medium", "production": "medium"}
     VALID = [
+        "import torch\ndef attend(scores, pad, T):\n    allowed = pad[:, None, :] | torch.eye(T, dtype=torch.bool)\n"
+        "    return scores.masked_fill(~allowed, float('-inf')).float().softmax(-1)\n",
         "import torch\ndef f(scores, mask):\n    s = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)\n    return s.softmax(-1)\n",
         "import torch\ndef f(scores, mask):\n    s = scores.masked_fill(~mask, float('-inf'))\n    return torch.softmax(s, -1).nan_to_num(0.0)\n",
         "import torch\ndef f(scores, T):\n    causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)\n    s = scores.masked_fill(causal, float('-inf'))\n    return s.softmax(-1)\n",
@@ -94,6 +100,8 @@ class NegInfMaskSoftmax(Rule):
             return None
         if not isinstance(e, cst.Call):
             return None
+        if is_method_call(self, e, {"float", "double", "to", "type_as", "contiguous"}):  # a dtype cast keeps the -inf
+            return self._neg_inf_fill(method_call(e)[0], fn, depth + 1)
         tf = torch_function(self, e)
         pos = positional(e)
         if is_method_call(self, e, {"masked_fill"}) and len(e.args) == 2 and _is_neg_inf(self, e.args[1].value):
@@ -104,12 +112,13 @@ class NegInfMaskSoftmax(Rule):
             return pos[0].value
         return None
 
-    def _causal(self, mask, fn) -> bool:
-        names = [mask] + [n for n in walk(mask, cst.Name)]
-        for n in names:
-            vals = assigned_values(self, fn, n.value) if isinstance(n, cst.Name) else []
-            for v in vals + [n]:
-                for c in walk(v, cst.Call):
-                    if torch_function(self, c) in ("triu", "tril") or is_method_call(self, c, {"triu", "tril"}):
-                        return True
-        return False
+    def _causal(self, mask, fn, depth: int = 0) -> bool:
+        """The mask keeps the diagonal: built from ``triu``/``tril`` (causal) or ``eye`` (a query always sees
+        itself: ``allowed & (padding | torch.eye(T))``), through the names it is made of (three steps)."""
+        for c in walk(mask, cst.Call):
+            if torch_function(self, c) in _DIAGONAL_KEEPERS or is_method_call(self, c, {"triu", "tril"}):
+                return True
+        if depth >= 3:
+            return False
+        return any(self._causal(v, fn, depth + 1) for n in {x.value for x in walk(mask, cst.Name)}
+                   for v in assigned_values(self, fn, n) if v is not mask)
