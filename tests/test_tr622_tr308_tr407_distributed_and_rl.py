@@ -1,4 +1,4 @@
-"""TR622 (all_reduce SUM of per-rank means) and TR623 (policy-gradient advantage not detached) on
+"""TR622 (all_reduce SUM of per-rank means), TR308 (policy-gradient advantage not detached) and TR407 (DDP local rank dropped) on
 realistic code: the bugs as written in training scripts, and the correct forms that must stay quiet."""
 from __future__ import annotations
 
@@ -72,9 +72,9 @@ A2C = """
 """
 
 
-def test_tr623_actor_critic_update():
-    assert _lines(A2C.replace("{DETACH}", ""), "TR623") == [10]
-    assert _lines(A2C.replace("{DETACH}", ".detach()"), "TR623") == []
+def test_tr308_actor_critic_update():
+    assert _lines(A2C.replace("{DETACH}", ""), "TR308") == [10]
+    assert _lines(A2C.replace("{DETACH}", ".detach()"), "TR308") == []
 
 
 PPO = """
@@ -94,8 +94,8 @@ PPO = """
 """
 
 
-def test_tr623_ppo_and_a_number_baseline_stay_quiet():
-    assert _lines(PPO, "TR623") == []
+def test_tr308_ppo_and_a_number_baseline_stay_quiet():
+    assert _lines(PPO, "TR308") == []
 
 
 DDP_MAIN = """
@@ -120,11 +120,11 @@ DDP_MAIN = """
     ("torch.cuda.set_device(local_rank)", "", []),
     ("pass", ", device_ids=[local_rank]", []),
 ])
-def test_tr624_local_rank_read_and_dropped(bind, ids, expected):
-    assert _lines(DDP_MAIN.replace("{BIND}", bind).replace("{IDS}", ids), "TR624") == expected
+def test_tr407_local_rank_read_and_dropped(bind, ids, expected):
+    assert _lines(DDP_MAIN.replace("{BIND}", bind).replace("{IDS}", ids), "TR407") == expected
 
 
-def test_tr624_one_visible_gpu_per_process_needs_no_local_rank():
+def test_tr407_one_visible_gpu_per_process_needs_no_local_rank():
     code = DDP_MAIN.replace("{BIND}", "pass").replace("{IDS}", "").replace(
         '        local_rank = int(os.environ["LOCAL_RANK"])\n', "")
-    assert _lines(code, "TR624") == []
+    assert _lines(code, "TR407") == []

@@ -33,7 +33,7 @@ class DdpRankNotBoundToGpu(Rule):
         model = DDP(model.cuda(), device_ids=[local_rank])
     """
 
-    code = "TR624"
+    code = "TR407"
     title = "DDP process never bound to its local GPU"
     category = "device-handling"
     severity = {"research": "critical", "production": "critical"}

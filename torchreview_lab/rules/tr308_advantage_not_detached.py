@@ -47,7 +47,7 @@ class AdvantageNotDetached(Rule):
         policy_loss = -(log_probs * advantages).mean()
     """
 
-    code = "TR623"
+    code = "TR308"
     title = "Policy-gradient advantage not detached from the critic"
     category = "gradient-flow"
     severity = {"research": "high", "production": "high"}
