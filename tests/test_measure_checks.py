@@ -186,13 +186,15 @@ def test_device_check_finds_module_left_on_cpu():
     assert not check(moved, size=8, checks=["device"])
 
 
-def test_graph_break_check_with_make_inputs_traces_the_computation_alone():
-    def step(x, w):
-        y = x @ w
-        if y.sum() > 0:  # data-dependent branch: a graph break
-            y = y * 2
-        return y.sum()
+def _branchy_step(x, w):
+    y = x @ w
+    if y.sum() > 0:  # data-dependent branch: a graph break
+        y = y * 2
+    return y.sum()
 
+
+def test_graph_break_check_with_make_inputs_traces_the_computation_alone():
+    step = _branchy_step
     def make_inputs(T):
         return torch.randn(T, 4), torch.randn(4, 2, requires_grad=True)
 
@@ -211,12 +213,7 @@ def test_graph_break_check_keeps_the_users_compiled_functions():
         compiles.append(gm)
         return gm.forward
 
-    def step(x, w):
-        y = x @ w
-        if y.sum() > 0:  # data-dependent branch: a graph break
-            y = y * 2
-        return y.sum()
-
+    step = _branchy_step
     def make_inputs(T):
         return torch.ones(T, 4), torch.ones(4, 2)
 
