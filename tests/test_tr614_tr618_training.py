@@ -209,7 +209,7 @@ def test_tr617_phase_loop_inside_epoch_loop_and_range_len():
                     step(x)
     """
     assert _lines(quiet, "TR617") == []
-    assert _lines(fires, "TR617") == [8]
+    assert _lines(fires, "TR617") == [6]
 
 
 def test_tr618_named_buffers_and_fix_text():
@@ -389,7 +389,7 @@ def test_tr617_loader_returned_by_a_builder_and_trained_in_main():
                     model(x).mean().backward()
                     opt.step()
     """
-    assert _lines(code, "TR617") == [10]
+    assert _lines(code, "TR617") == [9]
     fixed = code.replace("            for epoch in range(epochs):\n",
                          "            for epoch in range(epochs):\n                train_sampler.set_epoch(epoch)\n")
     assert _lines(fixed, "TR617") == []
@@ -416,3 +416,19 @@ def test_tr605_the_ensemble_in_eval_mode_is_not_the_estimator_being_trained():
                     self.evaluate(test_loader)
     """
     assert _lines(code, "TR605") == []
+
+
+def test_tr617_in_a_notebook_reports_at_the_epoch_loop_and_names_the_line_within_the_cell():
+    from torchreview_lab.engine import review_cells
+
+    cells = [
+        {"cell_type": "code", "id": "a", "source": "from torch.utils.data import DataLoader, DistributedSampler\n"
+                                                  "sampler = DistributedSampler(ds)\n"
+                                                  "loader = DataLoader(ds, batch_size=8, sampler=sampler)\n"},
+        {"cell_type": "markdown", "id": "m", "source": "## Training"},
+        {"cell_type": "code", "id": "b", "source": "for epoch in range(3):\n    model.train()\n    for x in loader:\n"
+                                                  "        model(x).mean().backward()\n        opt.step()\n"},
+    ]
+    (f,) = review_cells(cells, "nb.ipynb", "research", select=["TR617"]).findings
+    assert (f.cell, f.line) == (2, 1)
+    assert "the loop at line 3 iterates" in f.problem

@@ -181,7 +181,7 @@ class _Flow:
             if q.split(".")[0] in _FIT_PACKAGES and mc[1] == meth and (
                     arg.keyword.value == kw if arg.keyword else pos.index(arg) == i):
                 self.found.append((r.line_of(call), f"it is the training data of `{r.code_for(call.func)}` "
-                                                    f"(line {r.line_of(call)})"))
+                                                    f"({r.where(call)})"))
         p = r.parent(call)
         if mc and mc[1] in ("prepare", "setup_dataloaders") and not arg.keyword and isinstance(p, cst.Assign):
             t = p.targets[0].target
@@ -216,7 +216,7 @@ class _Flow:
         if fn.name.value == "train_dataloader" and cls is not None and "Lightning" in " ".join(
                 r.code_for(b.value) for b in cls.bases):
             self.found.append((r.line_of(fn), "Lightning trains on what the `train_dataloader` hook "
-                                              f"(line {r.line_of(fn)}) returns"))
+                                              f"({r.where(fn)}) returns"))
         for c in walk(r.ctx.module, cst.Call):
             mc = method_call(c)
             own = module_functions(r).get(fn.name.value) is fn and r.code_for(c.func) == fn.name.value
@@ -246,7 +246,7 @@ class _Flow:
         bodies = _bodies(r, loop.body)
         if any(_steps(r, c) for b in bodies for c in walk_own(b, cst.Call)) and not _carries_state(r, loop, bodies):
             line = r.line_of(loop)
-            self.found.append((line, f"the loop at line {line} steps an optimizer on its batches"))
+            self.found.append((line, f"the loop at {r.where(loop)} steps an optimizer on its batches"))
 
 
 def _bodies(rule, body, depth: int = 0) -> List[cst.CSTNode]:

@@ -229,6 +229,15 @@ class Rule(cst.BatchableCSTVisitor):
     def line_of(self, node: cst.CSTNode) -> int:
         return self.get_metadata(PositionProvider, node).start.line
 
+    def where(self, node: cst.CSTNode) -> str:
+        """``line N`` for a message: N counted within the notebook cell (the combined module's line
+        would mean nothing to the reader), or the file's line for a script."""
+        import bisect
+
+        line, starts = self.line_of(node), self.ctx.options.get("cell_starts") or []
+        i = bisect.bisect_right(starts, line) - 1
+        return f"line {line - starts[i] + 1 if self.ctx.options.get('kind') == 'notebook' and i >= 0 else line}"
+
     def end_line_of(self, node: cst.CSTNode) -> int:
         return self.get_metadata(PositionProvider, node).end.line
 

@@ -61,7 +61,7 @@ class DetachOnOneBranch(Rule):
         if not live:
             return
         for r in detached:
-            others = ", ".join(f"line {self.line_of(o)}" for o in live)
+            others = ", ".join(self.where(o) for o in live)
             self.report(
                 r,
                 problem=(f"`{node.name.value}` returns a detached tensor here but a graph-carrying tensor "

@@ -17,7 +17,7 @@ class DistributedSamplerWithoutSetEpoch(Rule):
     What it does:
         Finds ``DataLoader(..., sampler=s)`` (or ``batch_sampler=BatchSampler(s, ...)``) where ``s`` is a
         shuffling ``DistributedSampler`` (built in place or assigned to a name), and flags the loop over that
-        loader (also where it is returned or passed to) when it sits in an outer (epoch) loop whose body
+        loader (also where it is returned or passed to) when it sits in an outer (epoch) loop, reported there, whose body
         never calls ``set_epoch``. ``s.set_epoch(epoch)``, ``loader.sampler.set_epoch(epoch)`` or any
         other ``set_epoch`` call in the epoch loop, a helper of this document that calls it and gets the loader
         or sampler, ``shuffle=False`` (or a non-literal shuffle), a sampler or loader built in the epoch loop
@@ -70,10 +70,10 @@ class DistributedSamplerWithoutSetEpoch(Rule):
                 "def main(dataset, epochs):\n    sampler = DistributedSampler(dataset, shuffle=True, drop_last=True)\n"
                 "    loader = DataLoader(dataset, batch_size=256, sampler=sampler, num_workers=8)\n"
                 "    for epoch in range(epochs):\n        model.train()\n        for (v1, v2), _ in loader:\n"
-                "            step(v1, v2)\n", line=8),
+                "            step(v1, v2)\n", line=6),
         Invalid("import torch.utils.data as tud\nsampler = tud.DistributedSampler(train_ds)\n"
                 "train_dl = tud.DataLoader(train_ds, batch_sampler=tud.BatchSampler(sampler, 32, drop_last=True))\n"
-                "step = 0\nwhile step < total:\n    for i, batch in enumerate(train_dl):\n        step += 1\n", line=6),
+                "step = 0\nwhile step < total:\n    for i, batch in enumerate(train_dl):\n        step += 1\n", line=5),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -102,10 +102,10 @@ class DistributedSamplerWithoutSetEpoch(Rule):
                 x is made or x is node for x in walk(a))]
             if not outer or self._sets_epoch(outer[-1], {name, self.code_for(sampler)} - {None}):
                 continue  # iterated once, rebuilt per epoch, or set_epoch is called
-            self.report(
-                loop,
-                problem=(f"This loop iterates a DataLoader whose `{self.code_for(made.func)}` is never given the epoch: "
-                         "the epoch loop around it calls no `set_epoch`."),
+            self.report(  # at the epoch loop, where set_epoch goes
+                outer[-1],
+                problem=(f"This epoch loop calls no `set_epoch`, yet the loop at {self.where(loop)} iterates a "
+                         f"DataLoader whose `{self.code_for(made.func)}` shuffles by epoch: it is never given one."),
                 impact=("The sampler shuffles with the same seed every epoch: each epoch visits the data in the same "
                         "order and each rank sees the same shard forever, which hurts generalization silently."),
                 fix=Fix(before="for epoch in range(epochs):\n    for batch in loader:",

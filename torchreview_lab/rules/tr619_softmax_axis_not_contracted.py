@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import bisect
 import re
 from typing import List, Optional, Tuple
 
@@ -133,15 +132,9 @@ class SoftmaxAxisNotContracted(Rule):
         self.report(
             w.call,
             problem=(f"`{self.code_for(w.call)}` normalises axis {w.dim} of `{self.code_for(w.input)}`, but "
-                     f"`{self.code_for(node)}` ({self._where(node)}) {what}: the weights it sums do not add up to 1."),
+                     f"`{self.code_for(node)}` ({self.where(node)}) {what}: the weights it sums do not add up to 1."),
             impact=("Each output is a weighted sum whose weights do not sum to 1: its scale depends on the sequence "
                     "length and on the other rows (masked positions leak in). The shapes still match, so the model "
                     "silently trains on wrong attention."),
             fix=Fix(before=before, after=after),
         )
-
-    def _where(self, node) -> str:
-        """``line N``, counted within the notebook cell."""
-        line, starts = self.line_of(node), self.ctx.options.get("cell_starts") or []
-        i = bisect.bisect_right(starts, line) - 1
-        return f"line {line - starts[i] + 1 if self.ctx.options.get('kind') == 'notebook' and i >= 0 else line}"
