@@ -432,3 +432,38 @@ def test_tr617_in_a_notebook_reports_at_the_epoch_loop_and_names_the_line_within
     (f,) = review_cells(cells, "nb.ipynb", "research", select=["TR617"]).findings
     assert (f.cell, f.line) == (2, 1)
     assert "the loop at line 3 iterates" in f.problem
+
+
+TRAINER_CLASS = """
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    class Trainer:
+        def __init__(self, model, dataset, epochs):
+            self.model, self.epochs = model, epochs
+            self.sampler = DistributedSampler(dataset)
+            self.loader = DataLoader(dataset, batch_size=32, sampler=self.sampler)
+            self.opt = torch.optim.AdamW(model.parameters())
+
+        def train_epoch(self, epoch):
+            {INNER}
+            for x, y in self.loader:
+                loss = torch.nn.functional.cross_entropy(self.model(x), y)
+                self.opt.zero_grad()
+                loss.backward()
+                self.opt.step()
+
+        def fit(self):
+            for epoch in range(self.epochs):
+                {OUTER}
+                self.train_epoch(epoch)
+"""
+
+
+@pytest.mark.parametrize("inner,outer,expected", [
+    ("pass", "pass", [21]),
+    ("self.sampler.set_epoch(epoch)", "pass", []),
+    ("pass", "self.sampler.set_epoch(epoch)", []),
+])
+def test_tr617_trainer_class_epoch_loop_calls_a_method_that_iterates(inner, outer, expected):
+    assert _lines(TRAINER_CLASS.replace("{INNER}", inner).replace("{OUTER}", outer), "TR617") == expected

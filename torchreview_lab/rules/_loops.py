@@ -13,7 +13,7 @@ import libcst as cst
 
 from ._flow import _model_of, const_int
 from ._torch import (assigned_values, bound_codes, dotted_name, enclosing_class, enclosing_function, enclosing_loops,
-                     fast_children, loop_targets, method_call, module_functions, names_in, torch_function, walk_own)
+                     fast_children, loop_targets, method_call, module_functions, names_in, torch_function, walk, walk_own)
 from ._training import stepped
 
 # Calls that differentiate a graph (besides ``.backward()``).
@@ -159,6 +159,17 @@ def local_callee(rule, call: cst.Call) -> Optional[cst.FunctionDef]:
     if mc and cls is not None and isinstance(mc[0], cst.Name) and mc[0].value == "self":
         return next((s for s in cls.body.body if isinstance(s, cst.FunctionDef) and s.name.value == mc[1]), None)
     return None
+
+
+def caller_loops(rule, fn: cst.FunctionDef) -> List[cst.CSTNode]:
+    """The outermost For/While loop around each call of ``fn`` in the document (``self.train_epoch()`` in
+    ``fit``'s epoch loop): the loops that repeat a function which has no loop of its own around its work."""
+    out = []
+    for c in walk(rule.ctx.module, cst.Call):
+        if local_callee(rule, c) is fn:
+            loops = [a for a in enclosing_loops(rule, c) if isinstance(a, (cst.For, cst.While))]
+            out += loops[-1:]
+    return out
 
 
 def _trains(rule, call: cst.Call) -> bool:

@@ -6,6 +6,7 @@ from ..findings import Fix
 from ._context import construction_of
 from ._knowledge import EPOCH_SEEDED_SAMPLERS
 from ._loader_flow import loops_over
+from ._loops import caller_loops
 from ._torch import (assigned_name, assigned_values, enclosing_function, enclosing_loops, is_constant, kwarg,
                      last_part, method_call, module_functions, names_in, positional, torch_function, walk, walk_own)
 from .base import Invalid, Rule
@@ -15,13 +16,12 @@ class DistributedSamplerWithoutSetEpoch(Rule):
     """A ``DistributedSampler`` is never told the epoch: every epoch sees the same order.
 
     What it does:
-        Finds ``DataLoader(..., sampler=s)`` (or ``batch_sampler=BatchSampler(s, ...)``) where ``s`` is a
-        shuffling ``DistributedSampler`` (built in place or assigned to a name), and flags the loop over that
-        loader (also where it is returned or passed to) when it sits in an outer (epoch) loop, reported there, whose body
-        never calls ``set_epoch``. ``s.set_epoch(epoch)``, ``loader.sampler.set_epoch(epoch)`` or any
-        other ``set_epoch`` call in the epoch loop, a helper of this document that calls it and gets the loader
-        or sampler, ``shuffle=False`` (or a non-literal shuffle), a sampler or loader built in the epoch loop
-        and a loader iterated once are not flagged.
+        Finds ``DataLoader(..., sampler=s)`` (or ``batch_sampler=BatchSampler(s, ...)``) with a shuffling
+        ``DistributedSampler`` ``s`` (built in place or named) and flags the epoch loop around the loop over that
+        loader (where the loader is returned or passed to, or around the method that loops) when it never calls
+        ``set_epoch``. Any ``set_epoch`` call in the epoch loop or that method, a helper of this document that
+        calls it with the loader or sampler, ``shuffle=False`` (or a non-literal shuffle), a sampler or loader
+        built in the epoch loop and a loader iterated once are not flagged.
 
     Why is this bad:
         ``DistributedSampler`` shuffles with ``seed + epoch`` and its epoch stays 0 until ``set_epoch``
@@ -100,6 +100,8 @@ class DistributedSamplerWithoutSetEpoch(Rule):
         for loop in loops:
             outer = [a for a in enclosing_loops(self, loop) if isinstance(a, (cst.For, cst.While)) and not any(
                 x is made or x is node for x in walk(a))]
+            own = enclosing_function(self, loop)  # else the loops that call this method (fit -> self.train_epoch())
+            outer = outer or ([] if own is None or self._sets_epoch(own, set()) else caller_loops(self, own)[-1:])
             if not outer or self._sets_epoch(outer[-1], {name, self.code_for(sampler)} - {None}):
                 continue  # iterated once, rebuilt per epoch, or set_epoch is called
             self.report(  # at the epoch loop, where set_epoch goes
