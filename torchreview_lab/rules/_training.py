@@ -5,7 +5,7 @@ modulo test on the loop counter), the loss a backward differentiates and GradSca
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import libcst as cst
 
@@ -282,12 +282,6 @@ class _ScaleTrace:
 
 def calls_method(scope: cst.CSTNode, name: str) -> bool:
     return any((mc := method_call(c)) is not None and mc[1] == name and not c.args for c in walk(scope, cst.Call))
-
-
-def self_attributes(rule, cls) -> Set[str]:
-    """``self.X`` assigned anywhere in ``cls`` (submodules; methods and inherited helpers are not)."""
-    return {t.target.attr.value for a in walk(cls, cst.Assign) for t in a.targets if isinstance(t.target, cst.Attribute)
-            and dotted_name(t.target.value) == "self"} if cls is not None else set()
 
 
 def is_training_loop(loop: cst.For) -> bool:

@@ -8,8 +8,9 @@ import libcst as cst
 from ..findings import Fix
 from ._flow import in_no_grad, runs_forward
 from ._torch import dotted_name, enclosing_class, enclosing_function, function_facts, method_call, module_functions, walk, walk_own
+from ._context import self_attribute_values
 from ._training import calls_method as _calls_method, is_training_loop as _is_training_loop, optimizers, param_roots, \
-    self_attributes as _attributes, stepped
+    stepped
 from .base import Invalid, Rule
 
 
@@ -105,13 +106,15 @@ class TrainModeNotRestored(Rule):
         else the networks it runs with autograd on and those whose ``.parameters()`` it reads."""
         built = [optimizers(self).get(o) for c in walk(loop.body, cst.Call) if (o := stepped(self, c))]
         roots = set().union(*(param_roots(self, b) for b in built if b is not None and enclosing_function(self, b) is fn))
+        cls = enclosing_class(self, fn)
+        attrs = self_attribute_values(self, cls) if cls is not None else {}  # submodules; not methods or helpers
         for c in walk(loop.body, cst.Call) if not roots else ():
             mc = method_call(c)
             if mc and mc[1] in ("parameters", "named_parameters") and dotted_name(mc[0]):
                 roots.add(self.code_for(mc[0]))
             elif (isinstance(c.func, cst.Name) or mc and dotted_name(mc[0]) == "self") and runs_forward(self, c) \
                     and not in_no_grad(self, c) and not re.search("loss|criterion", self.code_for(c.func), re.I) \
-                    and not (mc and mc[1] not in _attributes(self, enclosing_class(self, fn))):
+                    and not (mc and mc[1] not in attrs):
                 roots.add(self.code_for(c.func))  # model(x), self.net(x) (assigned in the class); not self._clip_lr()
         return roots
 
