@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import libcst as cst
 
-from ._knowledge import NN_NON_MODULE_CLASSES, NN_NON_MODULE_PREFIXES, STATELESS_MODULES
+from ._knowledge import DEVICE_MOVES, NN_NON_MODULE_CLASSES, NN_NON_MODULE_PREFIXES, STATELESS_MODULES
 from ._torch import (assigned_values, dotted_name, enclosing_class, enclosing_function, function_facts, last_part,
                      names_in, torch_function, walk, walk_own)
 
@@ -75,6 +75,49 @@ def self_attribute_values(rule, cls: cst.ClassDef) -> Dict[str, List[cst.BaseExp
                 out[attr] = values
         cache[key] = out
     return cache[key]
+
+
+def buffer_values(rule, cls: cst.ClassDef) -> Dict[str, List[cst.BaseExpression]]:
+    """``{name: [values]}`` for every ``self.register_buffer("name", value)`` in ``cls``, built once
+    per class and review."""
+    key = ("buffer-values", id(cls))
+    cache = rule.ctx.cache
+    if key not in cache:
+        out: Dict[str, List[cst.BaseExpression]] = {}
+        for c in walk(cls, cst.Call):
+            if isinstance(c.func, cst.Attribute) and c.func.attr.value == "register_buffer" \
+                    and dotted_name(c.func.value) == "self" and len(c.args) >= 2 \
+                    and isinstance(c.args[0].value, cst.SimpleString):
+                out.setdefault(c.args[0].value.evaluated_value, []).append(c.args[1].value)
+        cache[key] = out
+    return cache[key]
+
+
+def attribute_values(rule, node: cst.CSTNode, attr: str) -> List[cst.BaseExpression]:
+    """What ``self.attr`` holds in the class around ``node``: its assignments and registered buffers."""
+    cls = enclosing_class(rule, node)
+    if cls is None:
+        return []
+    return self_attribute_values(rule, cls).get(attr, []) + buffer_values(rule, cls).get(attr, [])
+
+
+def device_move_follows(rule, node: cst.CSTNode) -> bool:
+    """``self.mask[...]...`` continues into ``.to(...)``/``.type_as(...)``/``.cuda()`` before it is used."""
+    cur = node
+    for _ in range(6):
+        parent = rule.parent(cur)
+        if isinstance(parent, cst.Subscript) and parent.value is cur:
+            cur = parent
+            continue
+        if isinstance(parent, cst.Attribute) and parent.value is cur:
+            if parent.attr.value in DEVICE_MOVES:
+                return True
+            call = rule.parent(parent)
+            if isinstance(call, cst.Call) and call.func is parent:
+                cur = call
+                continue
+        return False
+    return False
 
 
 def bound_values(rule, fn: Optional[cst.FunctionDef], ref, params_shadow: bool = False) -> List[cst.BaseExpression]:

@@ -7,12 +7,15 @@ from typing import Optional, Set, Tuple
 
 import libcst as cst
 
-from ._context import _classes_by_name, is_module_class
-from ._flow import called_only_under_no_grad
-from ._torch import dotted_name, enclosing_class, method_call, walk, walk_own
+from ._context import _classes_by_name, is_module_class, module_kind, self_attribute_values
+from ._flow import called_only_under_no_grad, in_no_grad
+from ._torch import dotted_name, enclosing_class, enclosing_function, method_call, torch_function, walk, walk_own
 
 _UPDATES = ("addcmul_", "addcdiv_", "lerp_", "_foreach_")  # optimizer-update ops
 _GRAD_ATTRS = ("grad", "data")
+# Methods where a ``.data`` read is set-up or bookkeeping, not part of the model's computation.
+_SETUP_METHODS = ("__init__", "reset_parameters", "extra_repr", "__repr__", "state_dict", "load_state_dict")
+_NON_COMPUTE = frozenset({"clone", "copy_", "cpu", "numpy", "tolist", "item", "detach", "norm", "abs", "size", "dim"})
 _FUNCTION_BASES = {"torch.autograd.Function", "torch.autograd.function.Function",
                    "torch.autograd.function.InplaceFunction"}
 
@@ -58,4 +61,27 @@ def autograd_function(rule, cls: Optional[cst.ClassDef], depth: int = 0) -> bool
         if not qs and any(c is not cls and autograd_function(rule, c, depth + 1)
                           for c in _classes_by_name(rule).get(last, ())):
             return True
+    return False
+
+
+def parameter_data_in_compute(rule, recv, node) -> bool:
+    """``self.<p>.data`` where ``p`` is an ``nn.Parameter`` of the class, read as an operand of a
+    computation in a method that is not set-up, with autograd on."""
+    if not (isinstance(recv, cst.Attribute) and dotted_name(recv.value) == "self"):
+        return False
+    fn, cls = enclosing_function(rule, node), enclosing_class(rule, node)
+    if fn is None or cls is None or fn.name.value in _SETUP_METHODS or in_no_grad(rule, node):
+        return False
+    values = self_attribute_values(rule, cls).get(recv.attr.value, [])
+    if not values or any(module_kind(rule, fn, v) != "param" for v in values):
+        return False
+    parent = rule.parent(node)
+    if isinstance(parent, cst.Attribute):  # self.w.data.clone() / .cpu() / .norm(): bookkeeping
+        call = method_call(rule.parent(parent)) if isinstance(rule.parent(parent), cst.Call) else None
+        return call is not None and call[1] not in _NON_COMPUTE
+    if isinstance(parent, (cst.BinaryOperation, cst.UnaryOperation)):
+        return True
+    if isinstance(parent, cst.Arg):
+        call = rule.parent(parent)
+        return isinstance(call, cst.Call) and torch_function(rule, call) is not None
     return False

@@ -5,8 +5,9 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._torch import (assigned_values, enclosing_function, is_method_call, method_call, positional, torch_function,
-                     walk, walk_own)
+from ._context import attribute_values
+from ._torch import (assigned_values, dotted_name, enclosing_function, is_method_call, method_call, positional,
+                     torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
 _NORMALISERS = {"softmax", "log_softmax", "logsumexp", "nn.functional.softmax", "nn.functional.log_softmax",
@@ -57,6 +58,10 @@ class NegInfMaskSoftmax(Rule):
         "import torch\ndef f(scores, mask):\n    s = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)\n    return s.softmax(-1)\n",
         "import torch\ndef f(scores, mask):\n    s = scores.masked_fill(~mask, float('-inf'))\n    return torch.softmax(s, -1).nan_to_num(0.0)\n",
         "import torch\ndef f(scores, T):\n    causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)\n    s = scores.masked_fill(causal, float('-inf'))\n    return s.softmax(-1)\n",
+        "import torch\nimport torch.nn as nn\nclass A(nn.Module):\n    def __init__(self, n):\n        super().__init__()\n"
+        "        self.register_buffer('bias', torch.tril(torch.ones(n, n)).view(1, 1, n, n))\n"
+        "    def forward(self, att):\n        T = att.size(-1)\n"
+        "        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))\n        return att.softmax(-1)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(scores, mask):\n    s = scores.masked_fill(~mask, float('-inf'))\n    return s.softmax(-1)\n", line=4),
@@ -120,5 +125,8 @@ class NegInfMaskSoftmax(Rule):
                 return True
         if depth >= 3:
             return False
+        attrs = {a.attr.value for a in walk(mask, cst.Attribute) if dotted_name(a.value) == "self"}
+        if any(self._causal(v, fn, depth + 1) for a in attrs for v in attribute_values(self, mask, a)):
+            return True  # self.mask = torch.tril(...), register_buffer("bias", torch.tril(...))
         return any(self._causal(v, fn, depth + 1) for n in {x.value for x in walk(mask, cst.Name)}
                    for v in assigned_values(self, fn, n) if v is not mask)

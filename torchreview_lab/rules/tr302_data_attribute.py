@@ -5,6 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
+from ._no_autograd import parameter_data_in_compute
 from ._torch import dotted_name, enclosing_function, function_facts
 from .base import Invalid, Rule
 
@@ -20,7 +21,8 @@ class DataAttribute(Rule):
 
     What it does:
         Flags writes through ``x.data`` (``w.data *= f``, ``w.data = t``, ``w.data.copy_(t)``) at
-        medium severity and reads of a tensor's ``.data`` at low severity.
+        medium severity and reads of a tensor's ``.data`` at low severity; high for a module's own
+        ``nn.Parameter`` read inside a computation outside set-up (``torch.exp(self.log_A.data)``).
 
     Why is this bad:
         ``.data`` returns a tensor that shares storage with ``x`` but is invisible to autograd:
@@ -53,6 +55,9 @@ class DataAttribute(Rule):
                 expected_fix="def scale_(w, factor):\n    with torch.no_grad():\n        w.mul_(factor)\n    return w\n"),
         Invalid("import torch\ndef reset(model):\n    for p in model.parameters():\n        p.data.copy_(torch.zeros_like(p))\n", line=4),
         Invalid("def assign(layer, t):\n    layer.weight.data = t\n", line=2),
+        Invalid("import torch\nimport torch.nn as nn\nclass S(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                "        self.log_a = nn.Parameter(torch.zeros(4))\n    def forward(self, x):\n"
+                "        return x * torch.exp(self.log_a.data)\n", line=8),
     ]
 
     def visit_AugAssign(self, node: cst.AugAssign) -> None:
@@ -90,7 +95,15 @@ class DataAttribute(Rule):
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
         recv = self._data_receiver(node)
-        if recv is None or self._is_write(node) or not self._looks_tensor(recv, node):
+        if recv is None or self._is_write(node):
+            return
+        if parameter_data_in_compute(self, recv, node):
+            r = self.code_for(recv)
+            return self.report(node, severity="high", fix=Fix(before=self.code_for(node), after=r), problem=(
+                f"`{self.code_for(node)}` reads the parameter `{r}` through `.data` inside a computation: autograd "
+                "does not see this use."), impact=(f"No gradient reaches `{r}` through this result: if this is its "
+                                                   "only use, the optimizer never changes it."))
+        if not self._looks_tensor(recv, node):
             return
         self.report(
             node, severity="low",
