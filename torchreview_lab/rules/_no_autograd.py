@@ -3,6 +3,8 @@
 tied to ``.grad``/``.data``."""
 from __future__ import annotations
 
+import re
+
 from typing import Optional, Set, Tuple
 
 import libcst as cst
@@ -85,3 +87,24 @@ def parameter_data_in_compute(rule, recv, node) -> bool:
         call = rule.parent(parent)
         return isinstance(call, cst.Call) and torch_function(rule, call) is not None
     return False
+
+
+_SETUP_NAME = re.compile(r"init|reset|ema|momentum|teacher|target|average|copy|load|sync|update|step|decay|optim|lookahead|setup|transfer", re.I)
+
+
+def benign_data_write(rule, node) -> bool:
+    """A ``.data`` write where no autograd graph can hold the tensor: weight initialisation (a method
+    named like init/reset or handed to ``.apply``), an EMA/teacher copy, a manual optimizer update
+    (the value reads ``.grad``), or code under ``no_grad``."""
+    if in_no_grad(rule, node) or ".grad" in rule.code_for(node):
+        return True
+    fn = enclosing_function(rule, node)
+    if fn is None:
+        return False
+    if _SETUP_NAME.search(fn.name.value):
+        return True
+    key = ("applied-functions",)
+    if key not in rule.ctx.cache:
+        rule.ctx.cache[key] = {(dotted_name(c.args[0].value) or "").rsplit(".", 1)[-1] for c in walk(rule.ctx.module, cst.Call)
+                               if isinstance(c.func, cst.Attribute) and c.func.attr.value == "apply" and len(c.args) == 1}
+    return fn.name.value in rule.ctx.cache[key]

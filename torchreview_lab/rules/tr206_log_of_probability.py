@@ -20,7 +20,7 @@ class LogOfProbability(Rule):
     What it does:
         Flags ``torch.log(p)`` / ``p.log()`` / ``torch.log(1 - p)`` where ``p`` was computed by
         ``softmax``, ``sigmoid``, ``relu`` or ``bincount`` in the same function and no ``clamp``
-        or ``+ eps`` keeps it away from 0.
+        or ``+ eps`` keeps it away from 0; and the entropy term ``p * log(p)`` whatever ``p`` is.
 
     Why is this bad:
         These values reach exactly 0.0 (float32 softmax underflows at ~104 below the maximum,
@@ -47,6 +47,7 @@ class LogOfProbability(Rule):
     ]
     INVALID = [
         Invalid("import torch\ndef f(logits, y):\n    p = torch.softmax(logits, -1)\n    return -(y * torch.log(p)).sum()\n", line=4),
+        Invalid("def entropy(p):\n    return -(p * p.log()).sum(-1)\n", line=2),
         Invalid("import torch\ndef bce(z, y):\n    p = torch.sigmoid(z)\n    return -(y * p.log() + (1 - y) * torch.log(1 - p)).mean()\n", line=4),
     ]
 
@@ -56,6 +57,8 @@ class LogOfProbability(Rule):
         elif is_method_call(self, node, {"log"}) and not node.args:
             arg = method_call(node)[0]
         else:
+            return
+        if self._entropy_term(node, arg):
             return
         if isinstance(arg, cst.BinaryOperation) and isinstance(arg.operator, cst.Subtract) \
                 and isinstance(arg.left, (cst.Integer, cst.Float)):
@@ -73,6 +76,23 @@ class LogOfProbability(Rule):
             fix=Fix(before=self.code_for(node),
                     after=f"torch.log({a}.clamp_min(1e-12))  # better: compute log_softmax / logsigmoid directly"),
         )
+
+    def _entropy_term(self, node: cst.Call, arg) -> bool:
+        """``p * log(p)`` (an entropy term): 0 * -inf = NaN wherever ``p`` is exactly 0."""
+        parent = self.parent(node)
+        if not (isinstance(parent, cst.BinaryOperation) and isinstance(parent.operator, cst.Multiply)):
+            return False
+        other = parent.right if parent.left is node else parent.left
+        a = self.code_for(arg)
+        if self.code_for(other) != a:
+            return False
+        self.report(
+            parent,
+            problem=f"`{self.code_for(parent)}` is NaN wherever `{a}` is exactly 0 (0 * log 0 = 0 * -inf).",
+            impact="One zero probability turns the entropy (and its gradient) into NaN, which spreads through the model.",
+            fix=Fix(before=self.code_for(parent), after=f"torch.special.entr({a})  # = -{a} * log({a}), 0 at {a} = 0"),
+        )
+        return True
 
     def _source(self, name: str, fn) -> Optional[str]:
         vals = assigned_values(self, fn, name)

@@ -5,7 +5,7 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._no_autograd import parameter_data_in_compute
+from ._no_autograd import benign_data_write, parameter_data_in_compute
 from ._torch import dotted_name, enclosing_function, function_facts
 from .base import Invalid, Rule
 
@@ -21,7 +21,8 @@ class DataAttribute(Rule):
 
     What it does:
         Flags writes through ``x.data`` (``w.data *= f``, ``w.data = t``, ``w.data.copy_(t)``) at
-        medium severity and reads of a tensor's ``.data`` at low severity; high for a module's own
+        medium severity (low in weight initialisation, EMA/teacher copies and manual optimizer
+        updates, where no graph holds the tensor) and reads of a tensor's ``.data`` at low severity; high for a module's own
         ``nn.Parameter`` read inside a computation outside set-up (``torch.exp(self.log_A.data)``).
 
     Why is this bad:
@@ -142,7 +143,7 @@ class DataAttribute(Rule):
 
     def _write(self, node, recv_code: str, after: str, repl) -> None:
         self.report(
-            node,
+            node, severity="low" if benign_data_write(self, node) else None,
             problem=f"`{self.code_for(node).strip()}` modifies `{recv_code}` through `.data`, which autograd does not track.",
             impact=("The change bypasses the version counter: a backward pass that saved this tensor uses the "
                     "new values and returns wrong gradients without an error."),

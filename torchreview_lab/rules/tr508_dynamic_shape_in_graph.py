@@ -6,7 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._bindings import reaching_value
-from ._context import graph_function, graph_where
+from ._context import document_compiles, graph_function, graph_where, is_compiled_function
 from ._torch import in_raise, method_call, torch_function
 from .base import Invalid, Rule
 
@@ -29,13 +29,14 @@ class DynamicShapeInGraph(Rule):
         and indexing with a boolean mask (``h[h.norm(dim=-1) > 0.5]``, ``x[mask]`` where ``mask``
         is made by a comparison or ``isnan``-like call) in ``forward`` or a ``torch.compile`` /
         ``torch.jit.script`` function. Assigning through a mask (``x[mask] = 0``) keeps the shape and
-        is not flagged.
+        is not flagged. Without ``torch.compile``/``jit`` anywhere in the document it is low.
 
     Why is this bad:
         The size of the result is only known once the mask has been counted: on CUDA the host waits
-        for the device on every call, and ``torch.compile`` breaks the graph at the op ("dynamic
-        shape operator") unless ``capture_dynamic_output_shape_ops`` is set, so the model runs as
-        several graphs with Python in between. Every later op sees a new shape each batch.
+        for the device on every call, and by default ``torch.compile`` breaks the graph at the op
+        ("dynamic shape operator"; ``fullgraph=True`` or ``capture_dynamic_output_shape_ops`` trace
+        it with an unbacked size), so the model runs as several graphs with Python in between.
+        Every later op sees a new shape each batch.
 
     Example:
         keep = h.norm(dim=-1) > 0.5
@@ -122,12 +123,13 @@ class DynamicShapeInGraph(Rule):
         fn = fn or graph_function(self, node)
         if fn is None or in_raise(self, node):
             return
+        compiled = document_compiles(self) or is_compiled_function(self, fn)
         self.report(
-            node,
+            node, severity=None if compiled else "low",
             problem=(f"{what} in {graph_where(self, fn)} makes a tensor whose size depends on "
                      "the values of its input."),
             impact=("The host must wait for the count (a sync per call on CUDA), torch.compile breaks the graph "
-                    "here (dynamic shape operator), and every later op sees a new shape each batch."),
+                    "here by default (dynamic shape operator), and every later op sees a new shape each batch."),
             fix=Fix(before=self.code_for(node),
                     after="torch.where(mask, x, 0.0)  # or multiply by the mask: fixed shapes, no sync"),
         )

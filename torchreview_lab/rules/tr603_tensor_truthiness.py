@@ -41,6 +41,7 @@ class TensorTruthiness(Rule):
     category = "algorithm-correctness"
     severity = {"research": "high", "production": "high"}
     VALID = [
+        "import torch\ndef aug(x):\n    if torch.rand(()) < 0.5:\n        x = x.flip(-1)\n    return x\n",
         "import torch\ndef f(x):\n    # x: (batch, T)\n    if (x > 0).any():\n        return x\n",
         "import torch\ndef f(x):\n    if x.sum() > 0:\n        return x\n",
         "import torch\ndef f(flag, x):\n    if flag:\n        return x\n",
@@ -75,6 +76,13 @@ class TensorTruthiness(Rule):
             fix=Fix(before=t, after=f"({t}).any()  # or .all(), whichever is meant"),
         )
 
+    def _non_tensor_param(self, fn, name: str) -> bool:
+        """A parameter annotated with a non-tensor type (``Tuple[int, int]``, ``int``): its documented
+        "(height, width)" is a tuple, not a shape."""
+        params = list(fn.params.params) + list(fn.params.kwonly_params) if fn is not None else []
+        ann = next((p.annotation for p in params if p.name.value == name), None)
+        return ann is not None and "Tensor" not in self.code_for(ann.annotation)
+
     def _multi(self, e, fn, depth, predicate=False) -> Optional[str]:
         """Why ``e`` is a multi-element tensor (boolean when ``predicate``), or None."""
         if depth > 3:
@@ -98,6 +106,8 @@ class TensorTruthiness(Rule):
                 return f"`.{mc[1]}()` of {r}" if r else None
             if not predicate and tf in SHAPE_FACTORIES:
                 dims = [a.value for a in positional(e)]
+                if len(dims) == 1 and isinstance(dims[0], (cst.Tuple, cst.List)):  # torch.rand(()) is 0-dim
+                    dims = [el.value for el in dims[0].elements] or [cst.Integer("1")]
                 if dims and not all(isinstance(d, cst.Integer) and d.value == "1" for d in dims):
                     return f"a `torch.{tf}` tensor"
             return None
@@ -107,7 +117,8 @@ class TensorTruthiness(Rule):
                 return f"the slice `{self.code_for(e)}`"
             return None
         if isinstance(e, cst.Name):
-            if not predicate and e.value in doc_shapes(self, fn) and len(doc_shapes(self, fn)[e.value]) >= 1:
+            if not predicate and e.value in doc_shapes(self, fn) and len(doc_shapes(self, fn)[e.value]) >= 1 \
+                    and not assigned_values(self, fn, e.value) and not self._non_tensor_param(fn, e.value):
                 return f"`{e.value}`, documented as ({', '.join(doc_shapes(self, fn)[e.value])})"
             vals = assigned_values(self, fn, e.value)
             if len(vals) == 1:
