@@ -7,10 +7,11 @@ import libcst as cst
 from ..findings import Fix
 from ._activations import activation_of
 from ._model_outputs import model_output
+from ._rates import poisson_log_rate
 from ._context import construction_of, last_layer
-from ._knowledge import LOSS_INPUTS, PROBABILITY_PRESERVING, WRONG_LOSS_INPUTS
-from ._torch import (enclosing_function, is_method_call, kwarg, last_part, method_call, positional, source_text,
-                     torch_function, with_arg_value)
+from ._knowledge import LOSS_INPUTS, WRONG_LOSS_INPUTS
+from ._torch import (enclosing_function, kwarg, last_part, method_call, positional, source_text, torch_function,
+                     with_arg_value)
 from .base import Invalid, Rule
 
 
@@ -24,19 +25,23 @@ class ProbabilitiesIntoLogitLoss(Rule):
         assignments in the same function (or notebook), reshapes, criteria built as ``crit = ...`` or
         ``self.crit = ...``, ``nn.Softmax`` modules, an ``nn.Sequential`` ending in one, and instances
         (``model = Net()``, ``self.model = Net(...)``) of a document class whose ``forward`` always returns one.
+        Also ``F.poisson_nll_loss``/``nn.PoissonNLLLoss`` with ``log_input=True`` (the default) given a positive
+        rate (``softplus``/``exp``/``relu`` output, followed the same ways); ``log_input=False`` is quiet.
 
     Why is this bad:
         ``cross_entropy`` applies ``log_softmax`` itself, so the loss optimised is not cross-entropy: it
         is bounded and its gradient vanishes as the softmax saturates. ``nll_loss``/``kl_div`` read their
-        input as log-probabilities. Nothing fails: the model trains slowly or to a worse optimum.
+        input as log-probabilities, ``poisson_nll_loss`` as a log-rate. Nothing fails: the model trains slowly.
 
     Example:
         loss = F.cross_entropy(F.softmax(logits, dim=-1), target)
         loss = F.nll_loss(F.softmax(logits, dim=-1), target)
+        loss = F.poisson_nll_loss(F.softplus(z), counts)
 
     Use instead:
         loss = F.cross_entropy(logits, target)
         loss = F.nll_loss(F.log_softmax(logits, dim=-1), target)
+        loss = F.poisson_nll_loss(F.softplus(z), counts, log_input=False)
     """
 
     code = "TR607"
@@ -53,6 +58,8 @@ class ProbabilitiesIntoLogitLoss(Rule):
         _H + "def f(z, y, flag):\n    p = z\n    if flag:\n        p = z.softmax(-1)\n    return F.cross_entropy(p, y)\n",
         _H + "class Net(nn.Module):\n    def forward(self, x):\n        z = self.fc(x)\n        if self.training:\n"
         "            return z\n        return z.softmax(-1)\n\nmodel = Net()\nloss = F.cross_entropy(model(x), y)\n",
+        _H + "def f(z, y):\n    return F.poisson_nll_loss(F.softplus(z), y, log_input=False) + F.poisson_nll_loss(z, y)\n",
+        _H + "def f(z, y):\n    crit = nn.PoissonNLLLoss(log_input=False)\n    return crit(torch.exp(z), y)\n",
     ]
     INVALID = [
         Invalid(_H + "def f(z, y):\n    return F.cross_entropy(F.softmax(z, dim=-1), y)\n", line=5,
@@ -71,9 +78,15 @@ class ProbabilitiesIntoLogitLoss(Rule):
                 expected_fix=_H + "def f(z, y):\n    return F.binary_cross_entropy_with_logits(z, y)\n"),
         Invalid(_H + "class Net(nn.Module):\n    def forward(self, x):\n        return F.softmax(self.fc(x), dim=-1)\n\n"
                 "def fit(x, y):\n    model = Net().cuda()\n    crit = nn.CrossEntropyLoss()\n    return crit(model(x), y)\n", line=11),
+        Invalid(_H + "class Net(nn.Module):\n    def forward(self, x):\n        return F.softplus(self.head(x))\n\n"
+                "model = Net()\nloss = F.poisson_nll_loss(model(x), y)\n", line=9),
+        Invalid(_H + "def f(z, y):\n    rate = z.exp()\n    return F.poisson_nll_loss(rate, y)\n", line=6, expected_fix=_H +
+                "def f(z, y):\n    rate = z.exp()\n    return F.poisson_nll_loss(rate, y, log_input=False)\n"),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
+        if (poisson := poisson_log_rate(self, node)) is not None:
+            return self.report(**poisson)
         loss = self._loss_of(node)
         arg = kwarg(node, "input") or kwarg(node, "log_probs") or next(iter(positional(node)), None)
         if loss is None or arg is None:
