@@ -105,7 +105,7 @@ BUGGY_NOTEBOOK_LOOP = """
 """
 
 
-@pytest.mark.parametrize("rule,line", [("TR614", 11), ("TR615", 14), ("TR616", 16)])
+@pytest.mark.parametrize("rule,line", [("TR614", 11), ("TR615", 13), ("TR616", 16)])
 def test_buggy_accumulation_loop(rule, line):
     assert _lines(BUGGY_NOTEBOOK_LOOP, rule) == [line]
 
@@ -284,8 +284,8 @@ TRAINER = """
 
 
 @pytest.mark.parametrize("loss,body,expected", [
-    ("self.criterion(self.model(x), y)", "0", [13]),
-    ("self.compute_loss(x, y)", "self.criterion(self.model(x), y)", [13]),
+    ("self.criterion(self.model(x), y)", "0", [12]),
+    ("self.compute_loss(x, y)", "self.criterion(self.model(x), y)", [12]),
     ("self.compute_loss(x, y)", "self.criterion(self.model(x), y) / self.cfg.accum", []),
     ("self.compute_loss(x, y)", "self.helper(x, y)", []),
     ("self.inherited_loss(x, y)", "0", []),

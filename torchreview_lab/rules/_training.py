@@ -132,16 +132,31 @@ def _modulo_divisor(rule, test: cst.CSTNode, loop, depth: int = 0) -> Optional[c
     return None
 
 
+def _counter_limit(rule, it: cst.If, loop) -> Optional[cst.BaseExpression]:
+    """``N`` of ``if k == N:`` / ``if k >= N:`` on a counter ``k`` that the body of ``loop`` increments
+    (``k += 1``) and this branch resets (``k = 0``)."""
+    t = it.test
+    if not isinstance(t, cst.Comparison) or len(t.comparisons) != 1 or not isinstance(
+            t.comparisons[0].operator, (cst.Equal, cst.GreaterThanEqual)):
+        return None
+    k = rule.code_for(t.left)
+    incs = {rule.code_for(a.target) for a in walk_own(loop.body, cst.AugAssign) if isinstance(a.operator, cst.AddAssign)}
+    resets = {rule.code_for(x.target) for a in walk_own(it.body, cst.Assign) for x in a.targets
+              if rule.code_for(a.value) == "0"}
+    return t.comparisons[0].comparator if k in incs & resets else None
+
+
 def accumulation(rule, loop: cst.CSTNode) -> Optional[Tuple[cst.BaseExpression, int, int]]:
     """Gradient accumulation in ``loop``: every optimizer step in its body runs only when a modulo test
-    on its counter passes, ``if (i + 1) % N == 0: opt.step()`` or after ``if i % N: continue``.
+    on its counter passes, ``if (i + 1) % N == 0: opt.step()`` or after ``if i % N: continue`` (or a counter
+    the branch resets: ``if k == N: opt.step(); k = 0``).
     Returns ``(N, first, last)``, the lines of the body that run only on those iterations."""
     key = ("training-accumulation", id(loop))
     if key not in rule.ctx.cache:
         steps = [rule.line_of(c) for c in walk_own(loop.body, cst.Call) if stepped(rule, c)]
         found = None
         for it in _items(loop.body) if steps else []:
-            n = _modulo_divisor(rule, it.test, loop) if isinstance(it, cst.If) else None
+            n = _modulo_divisor(rule, it.test, loop) or _counter_limit(rule, it, loop) if isinstance(it, cst.If) else None
             if n is None:
                 continue
             guard = all(isinstance(s, cst.Continue) for s in _items(it.body)) and it.orelse is None

@@ -4,11 +4,11 @@ import libcst as cst
 
 from ..findings import Fix
 from ._context import construction_of
-from ._knowledge import EPOCH_SEEDED_SAMPLERS
 from ._loader_flow import loops_over
 from ._loops import caller_loops
-from ._torch import (assigned_name, assigned_values, enclosing_function, enclosing_loops, is_constant, kwarg,
-                     last_part, method_call, module_functions, names_in, positional, torch_function, walk, walk_own)
+from ._samplers import epoch_seeded_sampler, iterated_names, shuffle_flag, shuffled_by_callers
+from ._torch import (assigned_name, assigned_values, enclosing_function, enclosing_loops, kwarg, last_part, method_call,
+                     module_functions, names_in, positional, torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
 
@@ -19,9 +19,11 @@ class DistributedSamplerWithoutSetEpoch(Rule):
         Finds ``DataLoader(..., sampler=s)`` (or ``batch_sampler=BatchSampler(s, ...)``) with a shuffling
         ``DistributedSampler`` ``s`` (built in place or named) and flags the epoch loop around the loop over that
         loader (where the loader is returned or passed to, or around the method that loops) when it never calls
-        ``set_epoch``. Any ``set_epoch`` call in the epoch loop or that method, a helper of this document that
-        calls it with the loader or sampler, ``shuffle=False`` (or a non-literal shuffle), a sampler or loader
-        built in the epoch loop and a loader iterated once are not flagged.
+        ``set_epoch``. The sampler may be built on one branch (``DistributedSampler(ds) if ddp else None``); a
+        ``shuffle=train`` flag that is a parameter of the builder is read at the call that made the loader.
+        Any ``set_epoch`` call in the epoch loop or that method, a helper of this document that calls it with
+        the loader or sampler, ``shuffle=False`` (or another non-literal shuffle), a sampler or loader built in
+        the epoch loop and a loader iterated once are not flagged.
 
     Why is this bad:
         ``DistributedSampler`` shuffles with ``seed + epoch`` and its epoch stays 0 until ``set_epoch``
@@ -64,6 +66,9 @@ class DistributedSamplerWithoutSetEpoch(Rule):
         "from torch.utils.data import DataLoader, DistributedSampler\ndef reseed(loader, epoch):\n    loader.sampler.set_epoch(epoch)\n"
         "def fit(ds, epochs):\n    loader = DataLoader(ds, sampler=DistributedSampler(ds))\n    for epoch in range(epochs):\n"
         "        reseed(loader, epoch)\n        for x in loader:\n            step(x)\n",
+        "from torch.utils.data import DataLoader, DistributedSampler\ndef make(ds, train):\n"
+        "    return DataLoader(ds, sampler=DistributedSampler(ds, shuffle=train))\ndef fit(ds, epochs):\n"
+        "    val_loader = make(ds, train=False)\n    for epoch in range(epochs):\n        for x in val_loader:\n            step(x)\n",
     ]
     INVALID = [
         Invalid("from torch.utils.data import DataLoader\nfrom torch.utils.data.distributed import DistributedSampler\n"
@@ -74,6 +79,15 @@ class DistributedSamplerWithoutSetEpoch(Rule):
         Invalid("import torch.utils.data as tud\nsampler = tud.DistributedSampler(train_ds)\n"
                 "train_dl = tud.DataLoader(train_ds, batch_sampler=tud.BatchSampler(sampler, 32, drop_last=True))\n"
                 "step = 0\nwhile step < total:\n    for i, batch in enumerate(train_dl):\n        step += 1\n", line=5),
+        Invalid("from torch.utils.data import DataLoader, DistributedSampler\ndef make_loader(ds, bs, train):\n"
+                "    sampler = DistributedSampler(ds, shuffle=train, drop_last=train)\n"
+                "    return DataLoader(ds, batch_size=bs, sampler=sampler), sampler\ndef main(ds, epochs):\n"
+                "    train_loader, train_sampler = make_loader(ds, 64, train=True)\n    for epoch in range(epochs):\n"
+                "        for x, y in train_loader:\n            step(x, y)\n", line=7),
+        Invalid("from torch.utils.data import DataLoader, DistributedSampler\ndef fit(ds, epochs, ddp):\n"
+                "    sampler = DistributedSampler(ds) if ddp else None\n"
+                "    loader = DataLoader(ds, batch_size=32, sampler=sampler, shuffle=sampler is None)\n"
+                "    for epoch in range(epochs):\n        for x in loader:\n            step(x)\n", line=5),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -85,19 +99,20 @@ class DistributedSamplerWithoutSetEpoch(Rule):
         built = construction_of(self, fn, batch.value) if batch is not None and arg is None else None
         arg = arg or built is not None and (kwarg(built, "sampler") or (positional(built)[:1] or [None])[0])
         sampler = arg.value if arg else None
-        made = construction_of(self, fn, sampler) if sampler is not None else None
-        shuffle = (kwarg(made, "shuffle") or (positional(made)[3:4] or [None])[0]) if made is not None else None
-        if made is None or last_part(torch_function(self, made)) not in EPOCH_SEEDED_SAMPLERS or shuffle is not None and (
-                not is_constant(shuffle.value) or self.code_for(shuffle.value) != "True"):
+        made = epoch_seeded_sampler(self, fn, sampler) if sampler is not None else None
+        flag = shuffle_flag(self, fn, made) if made is not None else False  # a parameter's name: per call of fn
+        if not flag:
             return
         name = assigned_name(self, node)
         scope = fn or self.ctx.module
         if name is not None and len(assigned_values(self, fn, name)) != 1:
             return  # rebound (e.g. wrapped by a launcher that handles the epoch): not followed
-        loops = [f for f in walk_own(scope, cst.For) if name in self._iterated(f.iter, scope)] if name is not None else [
+        loops = [f for f in walk_own(scope, cst.For) if name in iterated_names(self, f.iter, scope)] if name is not None else [
             f for f in [a for a in self.ancestors(node) if isinstance(a, cst.For)][:1] if any(x is node for x in walk(f.iter))]
         loops = loops or [f for f in loops_over(self, node) if isinstance(f, cst.For)]  # returned or passed on
         for loop in loops:
+            if isinstance(flag, str) and not shuffled_by_callers(self, loop, fn, flag):
+                continue
             outer = [a for a in enclosing_loops(self, loop) if isinstance(a, (cst.For, cst.While)) and not any(
                 x is made or x is node for x in walk(a))]
             own = enclosing_function(self, loop)  # else the loops that call this method (fit -> self.train_epoch())
@@ -114,15 +129,6 @@ class DistributedSamplerWithoutSetEpoch(Rule):
                         after="for epoch in range(epochs):\n    sampler.set_epoch(epoch)\n    for batch in loader:"),
             )
 
-    def _iterated(self, it: cst.BaseExpression, scope) -> set:
-        """Names iterated by a for-loop header: ``loader``, ``enumerate(loader)``, ``tqdm(loader)``, and one
-        assignment back (``pbar = tqdm(loader)``); not ``range(len(loader))``."""
-        out = _data_names(it)
-        for a in walk_own(scope, cst.Assign):
-            if any(self.code_for(t.target) in out for t in a.targets):
-                out |= _data_names(a.value)
-        return out
-
     def _sets_epoch(self, epoch: cst.CSTNode, names: set) -> bool:
         """The epoch loop calls ``set_epoch`` (on anything) or sets ``.epoch``/``.seed`` by hand, or hands the
         loader or sampler to a function of this document that calls ``set_epoch``."""
@@ -137,14 +143,3 @@ class DistributedSamplerWithoutSetEpoch(Rule):
                 return True
         return False
 
-
-def _data_names(e: cst.CSTNode) -> set:
-    """Plain names an iteration header reads as data (not callees, attributes, sizes or ranges)."""
-    if isinstance(e, cst.Name):
-        return {e.value}
-    if isinstance(e, cst.Call):
-        skip = isinstance(e.func, cst.Name) and e.func.value in ("len", "range")
-        return set() if skip else set().union(*(_data_names(a.value) for a in e.args))
-    if isinstance(e, (cst.Tuple, cst.List)):
-        return set().union(*(_data_names(x.value) for x in e.elements))
-    return set()

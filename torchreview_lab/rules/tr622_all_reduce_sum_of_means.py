@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-from typing import Optional
-
 import libcst as cst
 
 from ..findings import Fix
 from ._bindings import reaching_value
-from ._torch import enclosing_function, kwarg, method_call, positional, torch_function, walk, walk_own
+from ._rank_means import mean_kind
+from ._torch import enclosing_function, kwarg, method_call, names_in, positional, torch_function, walk_own
 from .base import Invalid, Rule
-
-_MEANS = frozenset({"mean", "nanmean"})
 
 
 class AllReduceSumOfMeans(Rule):
@@ -17,10 +14,11 @@ class AllReduceSumOfMeans(Rule):
 
     What it does:
         Flags ``dist.all_reduce(t)`` (the default ``op=ReduceOp.SUM``, or ``SUM`` named) when ``t`` holds a
-        mean or a ratio computed on this rank (``t = correct / total``, ``t = loss.mean()``,
-        ``torch.mean(x)``) and the function never divides ``t`` afterwards (``t / world_size``, ``t /= n``,
-        ``t.div_(n)``). Sums and counts reduced first and divided after (the correct pattern),
-        ``ReduceOp.AVG`` and reductions of a name that is later divided are not flagged.
+        mean or a ratio computed on this rank (``t = correct / total``, ``t = loss.mean()``, ``torch.mean(x)``, a
+        mean-reduced torch loss, or a stack of such values: ``torch.stack([loss_sum / n, correct / n])``,
+        ``torch.tensor([avg_loss, acc])``) and the function never divides ``t``, or what it unpacks into
+        (``val_loss, val_acc = t.tolist()``), afterwards (``t / world_size``, ``t /= n``, ``t.div_(n)``). Sums and
+        counts reduced first and divided after (the correct pattern) and ``ReduceOp.AVG`` are not flagged.
 
     Why is this bad:
         ``all_reduce`` with SUM adds the tensors of all ranks. The sum of per-rank means is
@@ -53,12 +51,23 @@ class AllReduceSumOfMeans(Rule):
         "    t /= world\n    return t\n",
         "import torch.distributed as dist\ndef mx(loss):\n    t = loss.mean()\n    dist.all_reduce(t, op=dist.ReduceOp.MAX)\n"
         "    return t\n",
+        "import torch, torch.distributed as dist\ndef ev(loss_sum, correct, seen):\n"
+        "    stats = torch.stack([loss_sum, correct, seen])\n    dist.all_reduce(stats)\n    return stats[:2] / stats[2]\n",
+        "import torch, torch.distributed as dist\ndef ev(loss_sum, correct, seen):\n"
+        "    stats = torch.stack([loss_sum / seen, correct / seen])\n    dist.all_reduce(stats)\n"
+        "    val_loss, val_acc = stats.tolist()\n    return val_loss / dist.get_world_size(), val_acc / dist.get_world_size()\n",
     ]
     INVALID = [
         Invalid("import torch.distributed as dist\ndef validate(correct, total):\n    acc = correct / total\n"
                 "    dist.all_reduce(acc)\n    return acc.item()\n", line=4),
         Invalid("import torch\nimport torch.distributed as dist\ndef epoch_loss(losses):\n    avg = torch.stack(losses).mean()\n"
                 "    dist.all_reduce(avg, op=dist.ReduceOp.SUM)\n    print(avg.item())\n", line=5),
+        Invalid("import torch\nimport torch.distributed as dist\ndef evaluate(loss_sum, correct, seen):\n"
+                "    stats = torch.stack([loss_sum / seen, correct / seen])\n    dist.all_reduce(stats)\n"
+                "    val_loss, val_acc = stats.tolist()\n    return val_loss, val_acc\n", line=5),
+        Invalid("import torch.nn.functional as F\nimport torch.distributed as dist\ndef step(model, x, y):\n"
+                "    loss = F.cross_entropy(model(x), y)\n    loss.backward()\n    logged = loss.detach().clone()\n"
+                "    dist.all_reduce(logged)\n    return logged.item()\n", line=7),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -72,49 +81,36 @@ class AllReduceSumOfMeans(Rule):
         fn = enclosing_function(self, node)
         if not isinstance(t, cst.Name) or fn is None:
             return
-        value = reaching_value(self, fn, t.value, node)
-        kind = _mean_kind(self, value)
+        kind = mean_kind(self, fn, reaching_value(self, fn, t.value, node))
         if kind is None or self._divided_after(fn, node, t.value):
             return
         self.report(
             node,
             problem=(f"`{t.value}` is {kind} on this rank, and `{self.code_for(node)}` adds it up over all ranks "
                      f"(SUM); `{t.value}` is not divided by the world size afterwards."),
-            impact=(f"The result is world_size times the global {kind.split()[-1]}: metrics and losses are scaled by "
+            impact=("The result is world_size times the global mean: metrics and losses are scaled by "
                     "the number of GPUs, checkpoints are chosen on wrong numbers, and results change with the cluster."),
             fix=Fix(before=self.code_for(node),
                     after=f"{self.code_for(node.func)}({t.value}, op=dist.ReduceOp.AVG)  # or divide by world_size"),
         )
 
     def _divided_after(self, fn: cst.FunctionDef, call: cst.Call, name: str) -> bool:
+        """``name``, or a name later computed from it (``loss, acc = stats.tolist()``), is divided or scaled
+        after ``call``."""
         line = self.line_of(call)
-        for n in walk_own(fn.body):
-            if self.line_of(n) < line:
-                continue
-            if isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Divide) and _is(n.left, name):
+        later = [n for n in walk_own(fn.body) if self.line_of(n) >= line]
+        held = {name}
+        for _ in range(2):
+            held |= {b for a in later if isinstance(a, cst.Assign) and names_in(a.value) & held
+                     for t in a.targets for b in names_in(t.target)}
+        for n in later:
+            if isinstance(n, cst.BinaryOperation) and isinstance(n.operator, cst.Divide) and names_in(n.left) & held:
                 return True
             if isinstance(n, cst.AugAssign) and isinstance(n.operator, (cst.DivideAssign, cst.MultiplyAssign)) \
-                    and _is(n.target, name):
+                    and names_in(n.target) & held:
                 return True
             mc = method_call(n)
-            if mc and mc[1] in ("div_", "div", "mul_", "true_divide") and _is(mc[0], name):
+            if mc and mc[1] in ("div_", "div", "mul_", "mul", "true_divide") and names_in(mc[0]) & held:
                 return True
         return False
 
-
-def _is(expr: cst.CSTNode, name: str) -> bool:
-    return isinstance(expr, cst.Name) and expr.value == name or isinstance(expr, cst.Call) and any(
-        isinstance(x, cst.Name) and x.value == name for x in walk(expr.func))
-
-
-def _mean_kind(rule, value: Optional[cst.BaseExpression]) -> Optional[str]:
-    """``"a ratio"`` for ``a / b``, ``"a mean"`` for ``x.mean()``/``torch.mean(x)`` (also ``.float()``-cast)."""
-    while isinstance(value, cst.Call) and (method_call(value) or (None, ""))[1] in ("float", "double", "detach", "clone"):
-        value = method_call(value)[0]
-    if isinstance(value, cst.BinaryOperation) and isinstance(value.operator, cst.Divide):
-        return "a ratio (a per-rank mean)"
-    if isinstance(value, cst.Call):
-        mc = method_call(value)
-        if torch_function(rule, value) in _MEANS or torch_function(rule, value) is None and mc and mc[1] in _MEANS:
-            return "a mean"
-    return None
