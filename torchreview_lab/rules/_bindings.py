@@ -21,8 +21,8 @@ import libcst as cst
 from ._activations import activation_of
 from ._context import _classes_by_name, bound_values, local_module_class
 from ._knowledge import MODULE_MOVES
-from ._torch import (dotted_name, function_facts, is_method_call, method_call, names_in, torch_function, walk,
-                     walk_own)
+from ._torch import (dotted_name, enclosing_function, function_facts, is_method_call, method_call, names_in,
+                     torch_function, walk, walk_own)
 
 _UNKNOWN = object()  # a binding whose value cannot be read
 _EXITS = (cst.Return, cst.Raise, cst.Break, cst.Continue)
@@ -255,7 +255,9 @@ def instance_class(rule, fn, func: cst.CSTNode, depth: int = 0) -> Optional[cst.
     while depth < 6:
         depth += 1
         if isinstance(v, cst.Name):
-            v = reaching_value(rule, fn, v.value, v)
+            name, v = v.value, reaching_value(rule, fn, v.value, v)
+            if v is None and fn is not None and name in function_facts(rule, fn).params:
+                return _class_from_callers(rule, fn, name, depth)
         elif isinstance(v, cst.Attribute) and dotted_name(v.value) == "self":
             vals = bound_values(rule, fn, v)
             v = vals[0] if len(vals) == 1 else None
@@ -267,6 +269,21 @@ def instance_class(rule, fn, func: cst.CSTNode, depth: int = 0) -> Optional[cst.
         else:
             return None
     return None
+
+
+def _class_from_callers(rule, fn, param: str, depth: int) -> Optional[cst.ClassDef]:
+    """The one class every caller of ``fn`` passes for ``param`` (``train(model, ...)`` called with
+    ``model = Net().to(device)``), or None."""
+    from ._call_sites import argument_for, call_sites  # late: _call_sites imports modules that import this one
+    found = set()
+    for call in call_sites(rule, fn)[:8]:
+        arg = argument_for(rule, call, fn, param)
+        cls = instance_class(rule, enclosing_function(rule, call), arg, depth + 1) if arg is not None else None
+        if cls is None:
+            return None
+        found.add(id(cls))
+        last = cls
+    return last if len(found) == 1 else None
 
 
 def forward_activation(rule, cls: cst.ClassDef, index: Optional[int] = None) -> Optional[Tuple[str, cst.Call]]:
