@@ -4,6 +4,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._flow import const_int, size_bound
+from ._realcode import recurrence_feeds
 from ._torch import (assigned_values, enclosing_function, function_facts, in_loop_body, positional, range_args,
                      torch_function, walk, walk_own)
 from .base import Invalid, Rule
@@ -22,6 +23,8 @@ class StackOfPerStepList(Rule):
         alive anyway, so stacking it at the end costs nothing a streaming reduction could save. Nor
         are chunked loops (``range(0, n, chunk)``, one entry per chunk, usually to bound memory),
         ``len()`` of a Python list, or steps that run on the host (``.cpu()``/``.numpy()``, numpy, scipy).
+        Low for a sequential scan (``h = f(h, x[t]); outs.append(h)``): step t needs step t-1, autograd keeps
+        every step anyway, and stacking at the end is the standard way to collect it.
 
     Why is this bad:
         Every step keeps its own tensor (and, in training, its graph) until the final stack, which
@@ -105,15 +108,17 @@ class StackOfPerStepList(Rule):
                 b = size_bound(self, fn, stop)
                 if b and b[0] and ".shape[" in b[0] and not self._len_of_non_tensor(fn, stop) \
                         and not self._reads_entries(loop, name) and not self._host_step(loop):
+                    carried = recurrence_feeds(loop, c.args[0].value) if c.args else None
                     self.report(
                         node,
                         problem=(f"`{self.code_for(node)}` joins a list appended once per step of a loop over "
                                  f"`{self.code_for(stop)}` (a size read from the data)."),
                         impact=("All per-step tensors stay alive until the join, which copies them again (2x peak "
                                 "memory), and the loop costs one round of kernel launches per step: linear in T."),
-                        fix=Fix(before=self.code_for(node),
-                                after="# vectorize the step over T, or preallocate and write y[:, t] = ..."),
-                        evidence={"loop_bound": b[0]},
+                        fix=Fix(before=self.code_for(node), after=f"# `{carried}` is carried from step to step: a "
+                                "parallel scan or a fused kernel would replace the loop" if carried else
+                                "# vectorize the step over T, or preallocate and write y[:, t] = ..."),
+                        severity="low" if carried else None, evidence={"loop_bound": b[0], "recurrence": carried},
                     )
                     return
 
@@ -126,12 +131,9 @@ class StackOfPerStepList(Rule):
     def _host_step(self, loop: cst.For) -> bool:
         """The step leaves torch (``.cpu()``/``.numpy()``/``.tolist()``, numpy or scipy calls): host work that
         cannot be vectorized over T on the device, so collecting its results is the only option."""
-        for c in walk(loop.body, cst.Call):
-            if isinstance(c.func, cst.Attribute) and c.func.attr.value in ("cpu", "numpy", "tolist"):
-                return True
-            if any(q.split(".")[0] in ("numpy", "scipy") for q in self.qnames(c.func)):
-                return True
-        return False
+        return any(isinstance(c.func, cst.Attribute) and c.func.attr.value in ("cpu", "numpy", "tolist")
+                   or any(q.split(".")[0] in ("numpy", "scipy") for q in self.qnames(c.func))
+                   for c in walk(loop.body, cst.Call))
 
     def _len_of_non_tensor(self, fn, stop: cst.BaseExpression) -> bool:
         """The bound is ``len(xs)`` (directly or through one name) of something that is not a tensor of

@@ -6,6 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._loops import bindings_in, bounded_iterable, loops_until
+from ._realcode import forward_reading
 from ._torch import assigned_values, enclosing_function, is_none, join_kind, method_call, positional, walk, walk_own
 from .base import Invalid, Rule
 
@@ -22,8 +23,10 @@ class TensorGrownByConcatInLoop(Rule):
         inside a ``for``/``while`` loop, where the accumulator on the left is also one of the joined
         pieces, so the result feeds the next iteration. Loops over a few constant items
         (``range(3)``, a literal tuple), over the parts of a model or the dimensions of a tensor
-        (``self.layers``, ``range(n_heads)``, ``range(x.dim())``),
-        pure doubling (``x = cat([x, x])``) and accumulators reset or truncated in the loop are not flagged.
+        (``self.layers``, ``range(n_heads)``, ``range(x.dim())``), pure doubling (``x = cat([x, x])``) and
+        accumulators reset or truncated in the loop are not flagged. Low in autoregressive decoding, where a
+        model forward reads the accumulator on every step first (``idx = cat((idx, model(idx)[:, -1:]
+        .argmax(-1)), 1)``): that forward costs more than the copy.
 
     Why is this bad:
         Each join allocates a new buffer and copies everything accumulated so far: n steps cost
@@ -40,8 +43,7 @@ class TensorGrownByConcatInLoop(Rule):
         parts = []
         for x in stream:
             parts.append(f(x))
-        out = torch.cat(parts, dim=0)      # one copy, O(n)
-        # or preallocate out = torch.empty(n, d) and write out[i] = f(x)
+        out = torch.cat(parts, dim=0)      # one copy, O(n); or preallocate and write out[i] = f(x)
     """
 
     code = "TR105"
@@ -79,14 +81,15 @@ class TensorGrownByConcatInLoop(Rule):
         acc = self.code_for(target)
         if not self._fed_back(call, acc):
             return
-        # the loops across whose iterations ``acc`` keeps growing, without those of small or architectural size
-        loops = [lp for lp in loops_until(self, node, lambda lp: self._reset_in(lp, node, acc))
-                 if not (isinstance(lp, cst.For) and bounded_iterable(lp.iter))]
+        loops = [lp for lp in loops_until(self, node, lambda lp: self._reset_in(lp, node, acc))  # ``acc`` grows across
+                 if not (isinstance(lp, cst.For) and bounded_iterable(lp.iter))]  # not small/architectural loops
         if not loops:
             return
         loop = loops[0]
         head = f"while {self.code_for(loop.test)}" if isinstance(loop, cst.While) else f"for ... in {self.code_for(loop.iter)}"
-        after = self._fix(node, target, call, acc, loop, head)
+        forward = forward_reading(self, loop, node, acc) if isinstance(target, cst.Name) else None
+        after = f"# `{forward}(...)` reads all of `{acc}` each step: it costs more than the copy" if forward else \
+            self._fix(node, target, call, acc, loop, head)
         self.report(
             node,
             problem=(f"`{self.code_for(node).strip()}` copies all of `{acc}` into a new buffer on every iteration of "
@@ -94,7 +97,7 @@ class TensorGrownByConcatInLoop(Rule):
             impact=("n iterations copy 1 + 2 + ... + n pieces: O(n²) element copies and n ever larger allocations. "
                     "At T = 400,000 steps that is ~8e10 copies; the loop's time goes to memcpy and allocator churn."),
             fix=Fix(before=f"{head}:\n    {self.code_for(node).strip()}", after=after),
-            evidence={"loop": head},
+            severity="low" if forward else None, evidence={"loop": head, "forward": forward} if forward else {"loop": head},
         )
 
     def _fix(self, node, target, call, acc: str, loop, head: str) -> str:

@@ -16,7 +16,8 @@ class LogOfSoftmax(Rule):
 
     What it does:
         Flags ``torch.log(torch.softmax(x, dim))``, ``F.softmax(x, -1).log()`` and
-        ``torch.log(torch.sigmoid(x))``, and rewrites the softmax forms to ``log_softmax``.
+        ``torch.log(torch.sigmoid(x))``, and rewrites the softmax forms to ``log_softmax``. Also flags the
+        guarded softmax forms ``torch.log(F.softmax(x, -1) + eps)``, ``torch.clamp(F.softmax(x, -1), min=eps).log()``.
 
     Why is this bad:
         ``softmax`` underflows to exactly 0 for scores ~104 below the row maximum (float32), and
@@ -40,6 +41,7 @@ class LogOfSoftmax(Rule):
         "import torch\ndef f(x):\n    return torch.log_softmax(x, dim=-1)\n",
         "import torch\ndef f(p):\n    return torch.log(p.clamp_min(1e-12))\n",
         "import torch\ndef f(x):\n    return torch.softmax(x, -1).sum(-1).log()\n",
+        "import torch\ndef f(p, eps):\n    return torch.log(p + eps) + torch.log(torch.clamp(p, min=eps))\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(x):\n    return torch.log(torch.softmax(x, dim=-1))\n", line=3,
@@ -47,12 +49,20 @@ class LogOfSoftmax(Rule):
         Invalid("import torch.nn.functional as F\ndef f(x):\n    return F.softmax(x, -1).log()\n", line=3,
                 expected_fix="import torch.nn.functional as F\ndef f(x):\n    return F.log_softmax(x, -1)\n"),
         Invalid("import torch\ndef f(x):\n    return torch.log(torch.sigmoid(x))\n", line=3),
+        Invalid("import torch.nn.functional as F\ndef f(x, eps=1e-8):\n    return torch.log(F.softmax(x, dim=-1) + eps)\n", line=3),
+        Invalid("import torch\ndef f(x):\n    return torch.softmax(x, -1).clamp(min=1e-6).log()\n", line=3),
         Invalid("def f(x):\n    return x.softmax(dim=1).log()\n", line=2,
                 expected_fix="def f(x):\n    return x.log_softmax(dim=1)\n"),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
         inner = self._log_input(node)
+        guard = self._unguarded(inner)
+        if guard is not None:  # only softmax: a sigmoid + eps is often a deliberate two-sided bound
+            inner, guard = guard, True
+            if not isinstance(inner, cst.Call) or not (is_method_call(self, inner, {"softmax"})
+                                                        or "softmax" in (torch_function(self, inner) or "")):
+                return
         if not isinstance(inner, cst.Call):
             return
         tf = torch_function(self, inner)
@@ -73,14 +83,33 @@ class LogOfSoftmax(Rule):
             f"torch.nn.functional.logsigmoid({self.code_for(positional(inner)[0].value) if positional(inner) else 'x'})"
             if target and "logsigmoid" in target or method == "sigmoid" else f"torch.log_softmax(...)")
         from ..findings import Fix
+        kind = 'softmax' if 'softmax' in (tf or method or '') else 'sigmoid'
         self.report(
             node,
-            problem=f"`{self.code_for(node)}` takes the log of a {'softmax' if 'softmax' in (tf or method or '') else 'sigmoid'} output.",
-            impact=("Probabilities underflow to exactly 0 for scores ~104 below the maximum (float32); log(0) = -inf "
+            problem=f"`{self.code_for(node)}` takes the log of a {kind} output" + (
+                " (the eps or clamp only hides the underflow)." if guard else "."),
+            impact=("The eps floors every log-probability at log(eps) and the gradient of those entries vanishes "
+                    "(p / (p + eps) -> 0): the model stops learning from the examples it gets most wrong. The fused "
+                    "op is exact, needs no eps and is one kernel." if guard else
+                    "Probabilities underflow to exactly 0 for scores ~104 below the maximum (float32); log(0) = -inf "
                     "gives an infinite loss and NaN gradients. The fused op is exact and one kernel."),
             fix=Fix(before=self.code_for(node), after=after),
-            replacement=repl,
+            replacement=None if guard else repl,
         )
+
+    def _unguarded(self, expr) -> Optional[cst.BaseExpression]:
+        """The probabilities under ``p + eps``, ``torch.clamp(p, min=eps)``, ``p.clamp(min=eps)``/``clamp_min``/``clip``."""
+        if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Add):
+            sides = [(expr.left, expr.right), (expr.right, expr.left)]  # a small constant: a literal or an ``eps``
+            return next((p for p, e in sides if isinstance(p, cst.Call) and (isinstance(e, (cst.Float, cst.Integer))
+                                                                              or "eps" in self.code_for(e).lower())), None)
+        if not isinstance(expr, cst.Call):
+            return None
+        if torch_function(self, expr) in ("clamp", "clamp_min", "clip") and positional(expr):
+            return positional(expr)[0].value
+        if is_method_call(self, expr, {"clamp", "clamp_min", "clip"}):
+            return method_call(expr)[0]
+        return None
 
     def _log_input(self, node: cst.Call) -> Optional[cst.BaseExpression]:
         if torch_function(self, node) == "log":

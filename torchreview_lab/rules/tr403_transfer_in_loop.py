@@ -41,10 +41,11 @@ def loop_invariant_name(rule, node: cst.CSTNode, receiver: cst.BaseExpression) -
     """The receiver's name when it is a plain name that no enclosing loop (re)binds."""
     if not isinstance(receiver, cst.Name) or receiver.value in ("self", "cls"):
         return None
-    loops = [lp for lp in enclosing_loops(rule, node) if isinstance(lp, (cst.For, cst.While))]
-    if not loops:
-        return None
     name = receiver.value
+    nearest = enclosing_loops(rule, node)
+    loops = [lp for lp in nearest if isinstance(lp, (cst.For, cst.While))]
+    if not loops or any(name in loop_targets(lp) for lp in nearest):
+        return None  # no loop, or ``[t.to(device) for t in batch]``: a comprehension variable, new every time
     for lp in loops:
         if name in _assigned_in(lp):
             return None
@@ -88,9 +89,14 @@ class TransferInLoop(Rule):
         "def f(x, steps):\n    for i in range(steps):\n        x = x + 1\n        y = x.cpu()\n    return y\n",
         "def fit(net, loader, opt, xv, dev):\n    for ep in range(3):\n        for x in loader:\n"
         "            net(x).sum().backward()\n            opt.step()\n        print(net(xv.to(dev)))\n",
+        # the comprehension variable is this iteration's batch, not a loop-invariant tensor
+        "def fit(net, loader, opt, dev):\n    for batch in loader:\n        batch = [t.to(dev) for t in batch]\n"
+        "        net(*batch).sum().backward()\n        opt.step()\n",
     ]
     INVALID = [
         Invalid("def train(model, x, y, device, steps):\n    for _ in range(steps):\n        out = model(x.to(device))\n    return out\n", line=3),
+        Invalid("def f(model, batches, w, dev):\n    for b in batches:\n        ws = [w.to(dev) for _ in b]\n"
+                "        model(b, ws)\n", line=3),
         Invalid("def ev(model, w, n):\n    r = []\n    for i in range(n):\n        r.append(model(i) * w.cpu())\n    return r\n", line=4),
     ]
 

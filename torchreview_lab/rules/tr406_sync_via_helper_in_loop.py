@@ -5,6 +5,7 @@ from typing import Dict, Optional, Tuple
 import libcst as cst
 
 from ..findings import Fix
+from ._realcode import cpu_only_script, needed_on_host
 from ._syncs import sync_cost, sync_method
 from ._torch import enclosing_function, in_loop_body, module_functions, walk_own
 from .base import Invalid, Rule
@@ -21,7 +22,9 @@ class SyncViaHelperInLoop(Rule):
         runs once per epoch is not reported: in the body of a loop that contains the loop over
         batches, or a call to a helper that itself loops over the batches (``train_one_epoch(...)``,
         ``evaluate(...)`` called once per epoch). Severity as TR404: low under a rarely-true guard,
-        low (research) / medium (production) per evaluation batch, medium per training step.
+        low (research) / medium (production) per evaluation batch, medium per training step. Not
+        reported where the result must be a Python value anyway (``env.step(select_action(state))``);
+        low in a script that never leaves the CPU (no ``.cuda()``, device or accelerator anywhere).
 
     Why is this bad:
         On CUDA each call blocks the host until the GPU queue drains and copies a value back: once
@@ -54,10 +57,15 @@ class SyncViaHelperInLoop(Rule):
         "def evaluate(model, loader):\n    s = sum(model(x).sum() for x in loader)\n    return s.item()\n\n"
         "def fit(model, loader, val_loader, opt):\n    for epoch in range(3):\n        for x in loader:\n"
         "            model(x).sum().backward()\n            opt.step()\n        print(evaluate(model, val_loader))\n",
+        # a gym environment takes a Python int: the sync is the point of the helper
+        "def select_action(policy, s):\n    return policy(s).argmax().item()\n\ndef rollout(env, policy):\n"
+        "    s = env.reset()\n    for t in range(1000):\n        s, r, done, _ = env.step(select_action(policy, s))\n",
     ]
     INVALID = [
         Invalid("def norm(h):\n    return h.norm().item()\n\ndef run(hs):\n    out = []\n    for h in hs:\n"
                 "        out.append(norm(h))\n    return out\n", line=7),
+        Invalid("import torch\ndef norm(h):\n    return h.norm().item()\n\nif __name__ == '__main__':\n"
+                "    w = torch.randn(4, device='cuda')\n    for i in range(9):\n        print(norm(w * i))\n", line=8),
         Invalid("def inner(x):\n    return x.cpu().numpy()\n\ndef outer(x):\n    return inner(x) * 2\n\n"
                 "for step in range(10):\n    v = outer(step)\n", line=8),
     ]
@@ -115,12 +123,18 @@ class SyncViaHelperInLoop(Rule):
         if where == "epoch":
             return  # once per pass over the data: the helper's own per-batch syncs are TR404's
         where_fn, call = hit
+        if needed_on_host(self, node):
+            return  # ``env.step(select_action(s))``: the caller needs a Python value, on any device
+        cpu = cpu_only_script(self)
+        severity = "low" if cpu else severity
         via = "" if where_fn == node.func.value else f" (through `{where_fn}`)"
         self.report(
             node,
             problem=(f"`{node.func.value}(...)` is called on every loop step and forces a host-device sync "
                      f"inside it{via}: `{call}`."),
-            impact=("Each step blocks the host until the GPU queue drains and copies a value back; the GPU idles "
+            impact=("This script never leaves the CPU, so today the call only reads host memory; on a GPU each step "
+                    "would block until the queue drains." if cpu else
+                    "Each step blocks the host until the GPU queue drains and copies a value back; the GPU idles "
                     "between steps, and the cost is invisible where the loop is written."),
             fix=Fix(before=self.code_for(node),
                     after=f"# make `{where_fn}` return a tensor (drop `.item()`/`.cpu()`), collect on the device,\n"
