@@ -234,6 +234,16 @@ def _compiled_names(rule) -> Set[str]:
     return cache[key]
 
 
+def document_compiles(rule) -> bool:
+    """The document calls ``torch.compile`` / ``torch.jit.script`` (on anything) or decorates with them."""
+    key = ("document-compiles",)
+    if key not in rule.ctx.cache:
+        rule.ctx.cache[key] = rule.ctx.module is not None and any(
+            rule.qnames(c.func) & COMPILERS for c in walk(rule.ctx.module, cst.Call)) or any(
+            rule.qnames(d.decorator) & COMPILERS for d in walk(rule.ctx.module, cst.Decorator))
+    return rule.ctx.cache[key]
+
+
 def is_compiled_function(rule, fn: cst.FunctionDef) -> bool:
     for d in fn.decorators:
         dec = d.decorator.func if isinstance(d.decorator, cst.Call) else d.decorator

@@ -6,6 +6,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
+from ._pairs import expand_dims
 from ._torch import (
     assigned_name,
     enclosing_function,
@@ -24,10 +25,10 @@ class MaterializedLoopTensor(Rule):
     """A large tensor is materialized over sizes that Python loops range over.
 
     What it does:
-        Flags a tensor factory (``zeros``, ``empty``, ``full``, ``rand`` ...) whose shape has four
-        or more dimensions including a size that a loop in the same function ranges over (the
-        ``(batch, T, K, C, C)`` edge tensor of a semi-Markov CRF), or a preallocated tensor that is
-        filled block by block inside nested Python loops.
+        Flags a tensor factory (``zeros``, ``empty``, ``full``, ``rand`` ...) or a sum with an
+        ``expand(...)`` whose shape has four or more dimensions including a size that a loop in the
+        same function ranges over (the ``(batch, T, K, C, C)`` edge tensor of a semi-Markov CRF), or
+        a preallocated tensor that is filled block by block inside nested Python loops.
 
     Why is this bad:
         Memory grows with the product of the loop sizes: a ``(2, 400_000, 1000, 24, 24)`` float32
@@ -55,10 +56,13 @@ class MaterializedLoopTensor(Rule):
         "import torch\ndef f(x, K):\n    out = torch.zeros(x.shape[0], K)\n    for k in range(K):\n        out[:, k] = x[:, k]\n    return out\n",
         "import torch\ndef g(n):\n    return torch.zeros(n, n)\n",
         "import torch\ndef h(x, C):\n    buf = torch.empty(2, 3, 4, C)\n    return buf\n",
+        "def g(x, m, H):\n    B, T, D = x.shape\n    y = x[:, None] * m.expand(B, H, T, D)\n    return y\n",
     ]
     INVALID = [
         Invalid("import torch\ndef edges(em, K):\n    B, T, C = em.shape\n    e = torch.zeros(B, T, K, C, C)\n    for t in range(T):\n        e[:, t] = 1\n    return e\n", line=4),
         Invalid("from torch import empty\ndef table(x, K):\n    T = x.shape[1]\n    tab = empty(x.shape[0], T, K)\n    for t in range(T):\n        for k in range(K):\n            tab[:, t, k] = x[:, t].sum(-1)\n    return tab\n", line=4),
+        Invalid("def edges(seg, trans, K):\n    B, T, C = seg.shape[0], seg.shape[1], trans.shape[0]\n"
+                "    e = seg[..., None, :] + trans.expand(B, T, K, C, C)\n    for t in range(T):\n        s = e[:, t]\n    return s\n", line=3),
         Invalid("import torch as th\ndef pair(x):\n    T = x.shape[0]\n    d = th.zeros((T, T, 8, 8))\n    for i in range(T):\n        d[i] = i\n    return d\n", line=4),
     ]
 
@@ -66,12 +70,9 @@ class MaterializedLoopTensor(Rule):
         fname = torch_function(self, node)
         if fname not in SHAPE_FACTORIES and fname not in SIZE_ARG_POSITION:
             return
-        dims = shape_dims(self, node, fname)
-        if not dims:
-            return
-        fn = enclosing_function(self, node)
+        dims, fn = shape_dims(self, node, fname), enclosing_function(self, node)
         scope = fn if fn is not None else self.ctx.module
-        if scope is None:
+        if not dims or scope is None:
             return
         ranged = self._loop_ranged(fn)
         dim_codes = [self.code_for(d).replace(" ", "") for d in dims]
@@ -103,6 +104,18 @@ class MaterializedLoopTensor(Rule):
                               "without materializing the table"),
                 evidence={"dims": len(dims)},
             )
+
+    def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
+        for side in (node.left, node.right):
+            dims = expand_dims(side) if isinstance(node.operator, (cst.Add, cst.Subtract, cst.Multiply)) else ()
+            codes = [self.code_for(d).replace(" ", "") for d in dims or ()]
+            looped = sorted({c for c in codes if c in self._loop_ranged(enclosing_function(self, node))})
+            if len(codes) >= 4 and looped:
+                return self.report(node, problem=f"`{self.code_for(node)}` materializes the full {len(codes)}-D expanded "
+                                   f"shape ({', '.join(codes)}), including {', '.join(looped)} that loops below range over.",
+                                   impact="Memory grows as O(" + "*".join(codes) + "): the whole edge tensor exists at once "
+                                   "although the recursion reads one step at a time.", evidence={"loop_ranged": looped},
+                                   fix=Fix(before=self.code_for(node), after="# build the step-t edges inside the loop"))
 
     def _loop_ranged(self, fn) -> Set[str]:
         if fn is not None:

@@ -7,7 +7,8 @@ import libcst as cst
 from ..findings import Fix
 from ._flow import canonical_size, const_int
 from ._knowledge import SHAPE_FACTORIES, SIZE_ARG_POSITION
-from ._torch import (assigned_values, enclosing_function, is_method_call, kwarg, method_call, shape_dims,
+from ._pairs import filled_from_edge_list
+from ._torch import (assigned_name, assigned_values, enclosing_function, is_method_call, kwarg, method_call, shape_dims,
                      torch_function, walk, walk_own)
 from .base import Invalid, Rule
 
@@ -76,18 +77,17 @@ class PairwiseSequenceTensor(Rule):
         fname = torch_function(self, node)
         if fname not in SHAPE_FACTORIES and fname not in SIZE_ARG_POSITION:
             return
-        dims = shape_dims(self, node, fname)
+        dims, fn = shape_dims(self, node, fname), enclosing_function(self, node)
         if not dims or len(dims) < 2:
             return
-        fn = enclosing_function(self, node)
         canon = [canonical_size(self, fn, d) if isinstance(d, (cst.Name, cst.Subscript, cst.Call)) else None for d in dims]
         seen = {}
         for d, c in zip(dims, canon):
             if c and ".shape[" in c and not self._from_len(d, fn) and not self._label_axis(d, c, fn):
                 seen[c] = seen.get(c, 0) + 1
         rep = [c for c, n in seen.items() if n >= 2]
-        if not rep:
-            return
+        if not rep or filled_from_edge_list(self, fn, assigned_name(self, node) or ""):
+            return  # a dense adjacency from an edge list: TR106 reports it
         mask = kwarg(node, "dtype") is not None and "bool" in self.code_for(kwarg(node, "dtype").value)
         p = self.parent(node)
         while isinstance(p, (cst.Attribute, cst.Call, cst.Arg)) and not mask:

@@ -8,6 +8,7 @@ from ..findings import Fix
 from ._bindings import may_precede, python_number, reaching_value, same_binding
 from ._context import is_module_class
 from ._flow import graph_reason, in_no_grad
+from ._graph_terms import saved_view_written
 from ._no_autograd import function_exemptions
 from ._knowledge import INPLACE_METHODS, SAVES_INPUT, SAVES_OUTPUT, SAVES_OUTPUT_METHODS
 from ._torch import (enclosing_class, enclosing_function, is_method_call, method_call, positional,
@@ -25,8 +26,10 @@ class InplaceOnSavedTensor(Rule):
         of an op whose backward reads its output (``exp``, ``sigmoid``, ``tanh``, ``softmax``,
         ``sqrt``, ``relu``) by the one assignment that reaches the in-place op (silent when several
         can), or on a tensor that was already used as an input of an op that saves its inputs
-        (``x * w``, ``x @ w``, ``torch.log(x)``, ``x ** 2``), outside ``no_grad``; not in an autograd.Function
-        ``backward``, in optimizer-update code (``.grad``/``.data``, ``addcmul_``) or on Python numbers.
+        (``x * w``, ``torch.log(x)``, ``x ** 2``), or a write into a fresh table (``a = x.new_zeros(T)``) a slice
+        of which such an op kept (``a[t] = logaddexp(a[t - 1], e)`` in a loop: a slice is a view sharing
+        the version counter), outside ``no_grad``; not in an autograd.Function ``backward``, in
+        optimizer-update code (``.grad``/``.data``, ``addcmul_``) or on Python numbers.
 
     Why is this bad:
         Backward needs the saved values. Autograd detects the change through the version counter
@@ -53,6 +56,7 @@ class InplaceOnSavedTensor(Rule):
         "import torch\ndef f(x, w):\n    x.add_(1)\n    return x * w\n",
         "import torch\ndef f(x, s):\n    h = torch.sigmoid(x)\n    h = h * 2\n    h.mul_(s)\n    return h\n",
         "import torch\ndef f(x, s, c):\n    if c:\n        h = torch.sigmoid(x)\n    else:\n        h = x * 2\n    h.mul_(s)\n    return h\n",
+        "import torch\ndef f(e, T):\n    a = e.new_zeros(T)\n    for t in range(1, T):\n        a[t] = a[t - 1] + e[t]\n    return a[-1]\n",
         "import torch\ndef update(running_mean, mean, momentum):\n    new = (1 - momentum) * running_mean + momentum * mean\n    running_mean.copy_(new)\n",
     ]
     INVALID = [
@@ -62,6 +66,8 @@ class InplaceOnSavedTensor(Rule):
         Invalid("import torch\nclass Block(torch.nn.Module):\n    def forward(self, x, t, s):\n        h = self.conv(x)\n"
                 "        h = h + t\n        h = torch.sigmoid(h)\n        h.mul_(s)\n        return h\n", line=7),
         Invalid("import torch\ndef f(x):\n    p = torch.tanh(x)\n    p += 1\n    return p\n", line=4),
+        Invalid("import torch\ndef f(e, T):\n    a = e.new_zeros(T)\n    for t in range(1, T):\n"
+                "        a[t] = torch.logaddexp(a[t - 1], e[t])\n    return a[-1]\n", line=5),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -84,13 +90,16 @@ class InplaceOnSavedTensor(Rule):
         why, sev = self._saved_output(fn, name, node), None
         if why is None:  # the input case depends on whether the *other* operand requires grad: less certain
             why, sev = self._saved_input(fn, name, node), "medium"
-        if why is not None:
+        kept = None if why else saved_view_written(self, fn, name, node, may_precede)  # alpha[t, u] = f(alpha[t, u])
+        why = why or kept and f"`{self.code_for(kept)}` ({self.where(kept)}) kept a view of it for backward"
+        if why:
             self.report(
                 node,
                 problem=f"`{self.code_for(node).strip()}` modifies `{name}` in place ({how}), but {why}.",
                 impact=("loss.backward() raises 'one of the variables needed for gradient computation has been "
                         "modified by an inplace operation' whenever the inputs require grad."),
-                fix=Fix(before=self.code_for(node).strip(), after=f"{name} = <out-of-place version, e.g. {name} + 1>"),
+                fix=Fix(before=self.code_for(node).strip(), after=f"{name} = <out-of-place version, e.g. {name} + 1>" if
+                        not kept else "keep rows in a list (or rebind a row variable) and torch.stack them at the end"),
                 severity=sev,
             )
 

@@ -5,12 +5,13 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._context import bound_values, is_evaluation_name, is_forward, module_kind
-from ._flow import (accumulations, called_only_under_no_grad, grad_disabled_before, in_no_grad, model_sources,
-                    modes_before, scope_of)
-from ._bindings import derived_names, instance_class
-from ._loops import bounded_iterable, loop_derived
-from ._torch import dotted_name, enclosing_loops, in_loop_body, method_call, module_functions, names_in, walk, walk_own
+from ._bindings import derived_names
+from ._context import is_evaluation_name, is_forward
+from ._evaluation import callers_evaluate, kept_graph, runs_network
+from ._flow import accumulations, called_only_under_no_grad, grad_disabled_before, in_no_grad
+from ._loops import bounded_iterable
+from ._modes import train_mode_evaluation
+from ._torch import dotted_name, enclosing_loops, in_loop_body, loop_targets, method_call, names_in, walk, walk_own
 from ._training import writes_grads
 from .base import Invalid, Rule
 
@@ -30,7 +31,9 @@ class EvalWithoutNoGrad(Rule):
         ``argmax``, comparisons; any kept output in a function named for evaluation or whose callers all
         call ``.eval()`` first, e.g. feature extraction for retrieval), with nothing
         that trains (backward, optimizer step, ``.train()``, here or in called functions) and no
-        ``no_grad`` around it, a module-level ``set_grad_enabled(False)`` or around every caller.
+        ``no_grad`` around it, a module-level ``set_grad_enabled(False)`` or around every caller. When
+        TR633 shows that the network runs in training mode there, this rule reports only the autograd
+        part, at the forward; loops that keep outputs or losses with their graphs are TR155's.
 
     Why is this bad:
         ``eval()`` only changes dropout and batch norm; autograd still records every op and keeps the
@@ -64,8 +67,8 @@ class EvalWithoutNoGrad(Rule):
         "        loss.backward()\n        opt.step()\n        total += loss.item()\n    return total\n",
     ]
     INVALID = [
-        Invalid("def evaluate(model, loader):\n    model.eval()\n    preds = []\n    for x in loader:\n"
-                "        preds.append(model(x))\n    return preds\n", line=2),
+        Invalid("def evaluate(model, loader):\n    model.eval()\n    hits = 0\n    for x, y in loader:\n"
+                "        hits += (model(x).argmax(-1) == y).sum().item()\n    return hits\n", line=2),
         Invalid("def score(net, batches):\n    net.eval()\n    return sum(net(b).sum() for b in batches)\n", line=2),
         Invalid("def evaluate(model, loader):\n    correct = 0\n    for x, y in loader:\n"
                 "        correct += (model(x).argmax(-1) == y).sum().item()\n    return correct\n", line=3),
@@ -87,7 +90,7 @@ class EvalWithoutNoGrad(Rule):
         looped = [c for c in calls if self.code_for(c.func) == model and in_loop_body(self, c) and not any(
             bounded_iterable(getattr(lp, "iter", None) or getattr(getattr(lp, "for_in", None), "iter", None))
             for lp in enclosing_loops(self, c)[:1])]  # the loop that repeats it: not `for _ in range(6)`
-        if not looped or any(in_no_grad(self, c) for c in looped):
+        if not looped or any(in_no_grad(self, c) for c in looped) or self._kept(looped):
             return
         self.report(
             eval_call,
@@ -108,42 +111,34 @@ class EvalWithoutNoGrad(Rule):
         for loop in walk_own(fn.body, cst.For):
             if bounded_iterable(loop.iter):
                 continue
-            runs = [c for c in walk_own(loop.body, cst.Call) if self._runs_model(fn, c)]
+            runs = [c for c in walk_own(loop.body, cst.Call) if runs_network(self, fn, c)]
             outs = derived_names(loop.body, runs)
+            outs |= {t for lp in walk_own(loop.body, cst.For) if names_in(lp.iter) & outs for t in loop_targets(lp)}
             accs = [(a, v) for n in walk_own(loop.body) for a, v, _ in accumulations(n)
                     if names_in(v) & outs or any(v is c or c in walk(v) for c in runs)]
             metric = any(isinstance(n, cst.Comparison) or (dotted_name(n.func) or (method_call(n) or ("", ""))[1]).split(
                 ".")[-1] in _DONE for _, v in accs for n in walk(v, (cst.Call, cst.Comparison)))
-            moded = bool(runs and accs) and self._callers_eval(fn)  # kept outputs of a model its callers evaluate
+            moded = bool(runs and accs) and callers_evaluate(self, fn)  # kept outputs of a model its callers evaluate
             if runs and accs and (metric or moded or is_evaluation_name(fn.name.value.lower())):
                 model, head = self.code_for(runs[0].func), self.code_for(loop).splitlines()[0]
+                proven = train_mode_evaluation(self, runs[0]) is not None  # TR633 reports the training mode
+                memory = moded or proven
                 return self.report(
-                    loop,
+                    runs[0] if proven else loop,
                     problem=(f"`{fn.name.value}` evaluates `{model}` over batches (keeping `{self.code_for(accs[0][0])}`) "
-                             + ("without `torch.no_grad()` (its callers call `.eval()`): autograd keeps every batch's graph."
-                                if moded else f"with neither `{model}.eval()` nor `torch.no_grad()`: BatchNorm and dropout "
-                                "run in training mode and autograd keeps every batch's graph.")),
-                    impact=("" if moded else "Metrics come from a model with dropout on and batch statistics (BatchNorm "
+                             + (f"without `torch.no_grad()` ({'its callers call `.eval()`' if moded else 'not around its callers either'}"
+                                "): autograd records every forward for a backward that never comes." if memory else f"with neither `{model}.eval()` nor "
+                                "`torch.no_grad()`: BatchNorm and dropout run in training mode and autograd keeps every batch's graph.")),
+                    impact=("" if memory else "Metrics come from a model with dropout on and batch statistics (BatchNorm "
                             "running stats are even updated by the evaluation data); ") + "each forward stores the "
                            "activations for a backward pass that never comes, at training-level memory and time.",
-                    fix=Fix(before=head, after=f"{model}.eval()\nwith torch.inference_mode():\n    {head}"),
-                    severity=None if moded else "high", category=None if moded else "algorithm-correctness",
-                    title=None if moded else "Evaluation loop without model.eval() or torch.no_grad()",
+                    fix=Fix(before=head, after=(f"{model}.eval()\n" if not memory else "") + f"with torch.inference_mode():\n    {head}"),
+                    severity=None if memory else "high", category=None if memory else "algorithm-correctness",
+                    title=None if memory else "Evaluation loop without model.eval() or torch.no_grad()",
                 )
 
-    def _callers_eval(self, fn: cst.FunctionDef) -> bool:
-        """Every call of ``fn`` in the document follows a ``.eval()`` call in the caller's scope."""
-        sites = [c for c in walk(self.ctx.module, cst.Call) if (dotted_name(c.func) or "").split(".")[-1] == fn.name.value]
-        return bool(sites) and all(modes_before(self, scope_of(self, c)[1], self.line_of(c))[0] for c in sites)
-
-    def _runs_model(self, fn, c: cst.Call) -> bool:
-        """A network (``model(x)``, ``self.net(x)``; built from an nn.Module class, or named as one) runs on loop
-        data with autograd on; not a criterion, a metric or a document function."""
-        name = dotted_name(c.func) or ""
-        if not name or name in module_functions(self) or in_no_grad(self, c) or any(
-                h in name.rsplit(".", 1)[-1].lower() for h in ("loss", "criterion", "metric")):
-            return False
-        network = instance_class(self, fn, c.func) is not None or any(
-            module_kind(self, fn, v) == "module" for v in bound_values(self, fn, c.func)) or any(
-            s is c for s, _ in model_sources(self, fn, c, set()))
-        return network and any(loop_derived(self, c, a.value, fn) for a in c.args)
+    def _kept(self, looped) -> bool:
+        """The loop around a looped call keeps outputs or losses with their graphs: TR155 reports it."""
+        loops = {id(lp): lp for c in looped for lp in enclosing_loops(self, c)[:1] if isinstance(lp, (cst.For, cst.While))}
+        return any(kept_graph(self, n, a, v) for lp in loops.values() for n in walk_own(lp.body)
+                   for a, v, _ in accumulations(n))

@@ -2,16 +2,14 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ._context import imports_torch, is_evaluation_name
-from ._flow import (AccumulationVisits, accumulating_loop, backwarded_later, called_only_under_no_grad,
-                    grad_disabled_before, in_no_grad, loss_like, model_sources, modes_before, numeric_uses_after,
-                    scope_of, training_step_in)
+from ._flow import AccumulationVisits
+from ._evaluation import kept_graph
 from ._torch import atom_code
 from .base import Invalid, Rule
 
 
 class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
-    """An evaluation loop runs with autograd on and accumulates the loss tensor across batches.
+    """An evaluation loop runs with autograd on and accumulates the loss (or the outputs) across batches.
 
     What it does:
         Flags ``total += loss``, ``losses.append(loss)`` and ``total = total + criterion(out, y)`` in a
@@ -25,8 +23,9 @@ class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
         never ``.backward()``-ed, returned or passed on. An evaluation-like function name counts only
         together with such a use (or a returned mean). Summing losses for one backward after the loop
         (the caller's or this function's) is deliberate and not flagged; loops with a training step are
-        TR151's. When the total is only used as a number, the autofix appends ``.detach()``, which
-        changes no result and adds no per-batch host sync.
+        TR151's. Network outputs kept the same way (``preds.append(model(x))``) count when the network
+        was put in eval mode before the loop. When the total is only used as a number, the autofix
+        appends ``.detach()``, which changes no result and adds no per-batch host sync.
 
     Why is this bad:
         Without ``no_grad`` every forward pass records a graph and keeps the activations saved for
@@ -80,6 +79,8 @@ class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
         "import torch\ndef evaluate(model, loader, criterion):\n    total = 0\n    for x, y in loader:\n"
         "        total += criterion(model(x), y)\n    return total / len(loader)\n\n@torch.no_grad()\n"
         "def report(model, loader, criterion):\n    print(evaluate(model, loader, criterion))\n",
+        "import torch\nmodel.eval()\nouts = []\nwith torch.no_grad():\n    for x in val_batches:\n        outs.append(model(x))\n",
+        "def embed(model, loader):\n    feats = []\n    for x in loader:\n        feats.append(model(x))\n    return feats\n",
     ]
     INVALID = [
         Invalid("import torch\ndef evaluate(model, loader, criterion):\n    model.eval()\n    total = 0.0\n"
@@ -96,52 +97,29 @@ class LossAccumulatedInEvalLoop(AccumulationVisits, Rule):
                 "    total = total + model(**batch).loss.detach()\nprint(total.item() / len(val_loader))\n"),
         Invalid("import torch.nn.functional as F\ndef validate(model, loader):\n    total, n = 0, 0\n    for x, y in loader:\n"
                 "        total += F.mse_loss(model(x), y) * len(x)\n        n += len(x)\n    return total / n\n", line=5),
+        Invalid("import torch\nmodel.eval()\nval_logits = []\nfor x, y in val_batches:\n"
+                "    val_logits.append(model(x))\nacc = (torch.cat(val_logits).argmax(-1) == y).float().mean()\n", line=5),
     ]
 
     def _check(self, node, acc, value, rebuild) -> None:
-        loop = accumulating_loop(self, node, acc)
-        if loop is None or training_step_in(self, loop, consumers=True):
+        kept = kept_graph(self, node, acc, value)
+        if kept is None:
             return
-        fn, scope = scope_of(self, node)
-        start, end = self.line_of(loop), self.end_line_of(loop)
-        if grad_disabled_before(self, scope, start):
-            return
-        evaluated, frozen = modes_before(self, scope, start)
-        sources = [(c, m) for c, m in model_sources(self, fn, value, evaluated)
-                   if m not in frozen and loop in self.ancestors(c) and not in_no_grad(self, c)]
-        if not sources or not loss_like(self, fn, value) or backwarded_later(self, acc, scope, fn):
-            return
-        uses = numeric_uses_after(self, scope, acc, end) if isinstance(acc, cst.Name) else {"other"}
-        if "backward" in uses or called_only_under_no_grad(self, fn):
-            return
-        name = self.code_for(acc)
-        numeric_only = bool(uses) and uses <= {"numeric", "neutral"} and "numeric" in uses
-        torch_file = imports_torch(self)
-        fname = fn.name.value.lower() if fn is not None else ""
-        eval_model = next((m for _, m in sources if m in evaluated), None)
-        if eval_model is not None:
-            evidence = f"`{eval_model}` was put in eval mode before the loop"
-        elif numeric_only and torch_file:
-            evidence = f"`{name}` is only turned into numbers after the loop"
-        elif torch_file and is_evaluation_name(fname) and uses & {"numeric", "returned_mean", "stored"} \
-                and not uses & {"returned"}:
-            evidence = f"`{fn.name.value}` evaluates and reports `{name}` as a number or mean"
-        else:
-            return
-        v, w = self.code_for(value), atom_code(self, value)
+        v, w, model = self.code_for(value), atom_code(self, value), kept["model"]
         replacement = None
-        if numeric_only:  # nothing after the loop needs the graph: detaching changes no result
+        if kept["numeric_only"]:  # nothing after the loop needs the graph: detaching changes no result
             replacement = rebuild(cst.parse_expression(f"{w}.detach()"))
-        model = sources[0][1]
         self.report(
             node,
             problem=(f"`{self.code_for(node).strip()}` keeps `{v}` from every batch while it still carries the "
-                     f"autograd graph of `{model}(...)`: this loop evaluates ({evidence}) but runs without "
+                     f"autograd graph of `{model}(...)`: this loop evaluates ({kept['evidence']}) but runs without "
                      f"`torch.no_grad()`. Wrap the evaluation in `torch.no_grad()`/`torch.inference_mode()`, "
-                     f"or accumulate `{w}.item()` / `{w}.detach()`."),
-            impact=("Each batch's graph and the activations saved for backward stay alive until the total is "
-                    "dropped (`+=` chains them all), so memory grows with the number of batches: evaluation on a "
-                    "full validation set runs out of memory although every batch fits."),
+                     + (f"or accumulate `{w}.item()` / `{w}.detach()`." if kept["loss"] else f"or keep `{w}.detach()`.")),
+            impact=("Each batch's graph and the activations saved for backward stay alive until the "
+                    + ("total" if kept["loss"] else "list") + " is dropped"
+                    + (" (`+=` chains them all)" if kept["loss"] else "") + ", so memory grows with the number of "
+                    "batches: evaluation on a full validation set runs out of memory although every batch fits."),
             replacement=replacement,
-            evidence={"reason": evidence, "model": model},
+            title=None if kept["loss"] else "Evaluation loop keeps network outputs with autograd on: memory grows per batch",
+            evidence={"reason": kept["evidence"], "model": model},
         )

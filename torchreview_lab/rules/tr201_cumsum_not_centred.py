@@ -4,6 +4,7 @@ import libcst as cst
 
 from ..findings import Fix
 from ._flow import document_differences_subscripts, is_centred, returned_from
+from ._numerics import centred, prefix_holder
 from ._knowledge import EXACT_METHODS, EXACT_SOURCES, INTEGER_DTYPES, INTEGER_METHODS
 from ._torch import (assigned_name, assigned_values, enclosing_function, is_method_call, kwarg, method_call, positional,
                      torch_function, walk)
@@ -48,11 +49,16 @@ class CumsumNotCentred(Rule):
         "import torch\ndef f(lengths):\n    return torch.cumsum(lengths, 0)\n",
         "import torch\ndef f(x):\n    return (x - x.mean(1, keepdim=True)).cumsum(1)\n",
         "def offsets(x):\n    return x.shape[-1] + 1 - x.new_ones(x.shape[-1]).cumsum(-1)\n",
+        # centred by a per-sequence mean broadcast back over the summed axis
+        "import torch\ndef f(x):\n    off = x.mean(dim=(1, 2))\n    return torch.cumsum(x - off[:, None, None], dim=1)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef seg(x, s, e):\n    c = torch.cumsum(x, dim=1)\n    return c.gather(1, e) - c.gather(1, s)\n", line=3),
         Invalid("def energy(x):\n    c = x.cumsum(dim=1)\n    return c[:, -1] - c[:, 0]\n", line=2),
         Invalid("from torch import cumsum\ndef f(scores):\n    return cumsum(scores.float(), 1)\n", line=3),
+        # prefix sums padded with a leading zero, then differenced
+        Invalid("import torch.nn.functional as F\ndef seg(x, s, e):\n    c = F.pad(x.cumsum(dim=1), (1, 0))\n"
+                "    return c.gather(1, e) - c.gather(1, s)\n", line=3),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -68,7 +74,7 @@ class CumsumNotCentred(Rule):
             return
         fn = enclosing_function(self, node)
         if self._centred_or_exact(arg, fn, depth=0):
-            if is_centred(self, fn, arg):
+            if is_centred(self, fn, arg) or centred(self, fn, arg):
                 self.observe("centred-cumsum", "Prefix sums are taken over zero-centred values (cumsum keeps float32 precision over long sequences).")
             return
         arg_code = self.code_for(arg)
@@ -93,7 +99,7 @@ class CumsumNotCentred(Rule):
         return dt is not None and self.code_for(dt.value).replace(" ", "") in INTEGER_DTYPES
 
     def _centred_or_exact(self, expr, fn, depth: int) -> bool:
-        if is_centred(self, fn, expr, depth):
+        if is_centred(self, fn, expr, depth) or centred(self, fn, expr, depth):
             return True
         if isinstance(expr, cst.Comparison) or isinstance(expr, (cst.Integer,)):
             return True
@@ -117,7 +123,9 @@ class CumsumNotCentred(Rule):
 
     def _differenced(self, node: cst.Call, fn) -> bool:
         """The prefix sums are differenced: here (``c[..] - c[..]``), or they are returned and the
-        document subtracts two subscripts of one tensor (``cum[:, e] - cum[:, s]`` in a helper)."""
+        document subtracts two subscripts of one tensor (``cum[:, e] - cum[:, s]`` in a helper). The
+        sums may be kept padded with a leading zero (``F.pad(x.cumsum(1), (1, 0))``, ``torch.cat``)."""
+        node = prefix_holder(self, node)
         name = assigned_name(self, node)
         scope = fn if fn is not None else self.ctx.module
         if name is not None:

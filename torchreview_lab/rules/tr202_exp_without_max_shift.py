@@ -5,7 +5,8 @@ from typing import Optional
 import libcst as cst
 
 from ..findings import Fix
-from ._flow import exp_arg, is_shifted_or_bounded, scope_of
+from ._flow import exp_arg, scope_of
+from ._numerics import shifted
 from ._torch import is_method_call, positional, torch_function, walk_own
 from .base import Invalid, Rule
 
@@ -18,7 +19,9 @@ class ExpWithoutMaxShift(Rule):
     What it does:
         Flags ``torch.exp(x)`` / ``x.exp()`` whose result is summed or used in a division (a
         hand-written softmax or partition function) when ``x`` was not shifted by its maximum
-        (``x - x.amax(dim, keepdim=True)``), is not a log-probability and is not clamped from above.
+        (``x - x.amax(dim, keepdim=True)``, a running maximum included), is not a log-probability and is
+        not clamped from above. When ``exp(x)`` is renormalised by its own sum, ``x`` is an unnormalised
+        log-score (``log_alpha + log_beta``): its ``log_`` name does not make it safe.
 
     Why is this bad:
         float32 ``exp`` overflows to ``inf`` for inputs above ~88.7 (float16: ~11), and
@@ -45,10 +48,17 @@ class ExpWithoutMaxShift(Rule):
         "import torch\ndef f(x):\n    m = x.max(dim=-1, keepdim=True).values\n    e = (x - m).exp()\n    return e / e.sum(-1, keepdim=True)\n",
         "import torch\ndef scale(log_scale):\n    return torch.exp(log_scale)\n",
         "import torch\ndef f(x):\n    return torch.exp(-x.abs()).sum()\n",
+        # an online softmax: shifted by a running maximum, reshaped
+        "import torch\ndef blk(s, m_old):\n    m = torch.maximum(m_old, s.amax(-1))\n    p = torch.exp(s - m.unsqueeze(-1))\n"
+        "    return p.sum(-1)\n",
+        "import torch\ndef renorm(log_probs):\n    p = log_probs.exp()\n    return p / p.sum(-1, keepdim=True)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef softmax_manual(x):\n    e = torch.exp(x)\n    return e / e.sum(-1, keepdim=True)\n", line=3),
         Invalid("def partition(scores):\n    return scores.exp().sum(dim=-1)\n", line=2),
+        # an unnormalised log joint (alpha + beta) renormalised by hand underflows to 0/0
+        Invalid("import torch\ndef post(log_alpha, log_beta):\n    log_ab = log_alpha + log_beta\n    p = torch.exp(log_ab)\n"
+                "    return p / p.sum(-1, keepdim=True)\n", line=4),
         Invalid("import torch as th\ndef attn(q, k):\n    w = th.exp(q @ k.T)\n    return w / w.sum(1, keepdim=True)\n", line=3),
     ]
 
@@ -58,17 +68,21 @@ class ExpWithoutMaxShift(Rule):
             return
         fn, scope = scope_of(self, node)
         use = self._summed_or_divided(node, scope)
-        if use is None or is_shifted_or_bounded(self, fn, arg):
+        manual = use == "softmax"
+        # renormalising exp(x) by its own sum means x is an unnormalised log-score (a log joint that
+        # grows with T): a ``log_`` name is no proof that it stays near 0
+        if use is None or shifted(self, fn, arg, strict=manual):
             return
         a = self.code_for(arg)
-        manual = use == "softmax"
         self.report(
             node,
             problem=(f"`{self.code_for(node)}` is " + ("normalised by its own sum (a hand-written softmax)" if manual
                                                         else "summed or divided") +
                      f" without subtracting the maximum of `{a}` first."),
             impact=("float32 exp overflows to inf above ~88.7 (float16: ~11) and inf/inf is NaN; large scores "
-                    "(long sequences, low temperature, late training) silently produce NaN."),
+                    "(long sequences, low temperature, late training) silently produce NaN" + (
+                        ", and unnormalised log-scores below ~-103 (log joints that grow with the sequence length) "
+                        "underflow to 0, giving 0/0 = NaN." if manual else ".")),
             fix=Fix(before=self.code_for(node),
                     after=(f"torch.softmax({a}, dim=-1)" if manual else
                            f"torch.exp({a} - {a}.amax(dim=-1, keepdim=True))  # or torch.logsumexp in log space")),

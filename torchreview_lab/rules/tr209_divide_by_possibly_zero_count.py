@@ -62,6 +62,7 @@ class DivideByPossiblyZeroCount(Rule):
                 expected_fix="def f(loss, mask):\n    return (loss * mask).sum() / mask.sum().clamp_min(1)\n"),
         Invalid("def f(x, lengths):\n    return x.sum(1) / lengths.float()\n", line=2,
                 expected_fix="def f(x, lengths):\n    return x.sum(1) / lengths.float().clamp_min(1)\n"),
+        Invalid("def gc(is_gc, pad_mask):\n    return is_gc.sum(-1) / (~pad_mask).sum(-1)\n", line=2),
         Invalid("import torch\ndef f(x, labels):\n    valid = labels != -100\n    return x[valid].sum() / torch.sum(valid)\n", line=4,
                 expected_fix="import torch\ndef f(x, labels):\n    valid = labels != -100\n    return x[valid].sum() / torch.sum(valid).clamp_min(1)\n"),
     ]
@@ -115,8 +116,17 @@ class DivideByPossiblyZeroCount(Rule):
     def _countish(self, expr: cst.BaseExpression, lengths_only: bool = False) -> bool:
         if isinstance(expr, cst.Comparison):
             return True
+        if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.BitInvert):
+            return True  # (~pad).sum(-1): a negated boolean mask counts the unpadded positions
+        if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Subtract) and \
+                isinstance(expr.left, cst.Integer) and expr.left.value == "1":
+            return self._countish(expr.right)  # (1 - pad_mask).sum(-1)
+        if isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, (cst.BitAnd, cst.BitOr)):
+            return self._countish(expr.left) or self._countish(expr.right)  # (a != pad) & keep
         if isinstance(expr, cst.Call):
             mc = method_call(expr)
+            if mc and mc[1] == "logical_not":
+                return True
             if mc and mc[1] in ("float", "long", "int", "to", "bool"):
                 return self._countish(mc[0])
             return False

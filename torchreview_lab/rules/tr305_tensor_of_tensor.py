@@ -4,7 +4,9 @@ from typing import Optional
 
 import libcst as cst
 
-from ._torch import assigned_values, enclosing_function, function_facts, method_call, positional, torch_function
+from ._graph_terms import unpacked_values
+from ._torch import (assigned_values, enclosing_function, function_facts, method_call, positional, torch_function,
+                     walk_own)
 from .base import Invalid, Rule
 
 # Torch functions that return Python values or containers, not tensors.
@@ -19,7 +21,8 @@ class TensorOfTensor(Rule):
 
     What it does:
         Flags ``torch.tensor(x)`` / ``torch.as_tensor``-free copies where ``x`` is a tensor: the
-        result of a torch operation, a tensor method, or a ``Tensor``-annotated parameter.
+        result of a torch operation, a tensor method, or a ``Tensor``-annotated parameter; or a list of
+        such tensors (``torch.tensor([l1, l2])``, a list filled by ``losses.append(loss)``).
 
     Why is this bad:
         ``torch.tensor`` always copies and returns a leaf with no history: gradients stop there,
@@ -42,11 +45,14 @@ class TensorOfTensor(Rule):
         "import torch\ndef f(values):\n    return torch.tensor(values)\n",
         "import torch\ndef f(x):\n    return torch.tensor(x.tolist())\n",
         "import torch\ndef f(x):\n    return torch.tensor(x.shape)\n",
+        "import torch\ndef f(xs):\n    n = []\n    for x in xs:\n        n.append(x.sum().item())\n    return torch.tensor(n)\n",
     ]
     INVALID = [
         Invalid("import torch\ndef f(x):\n    y = torch.exp(x)\n    return torch.tensor(y)\n", line=4),
         Invalid("import torch\nfrom torch import Tensor\ndef f(x: Tensor):\n    return torch.tensor(x, dtype=torch.float32)\n", line=4),
         Invalid("import torch\ndef f(x):\n    return torch.tensor(x.sum(-1))\n", line=3),
+        Invalid("import torch\nimport torch.nn.functional as F\ndef f(xs, y):\n    losses = []\n    for x in xs:\n"
+                "        losses.append(F.mse_loss(x, y))\n    return torch.tensor(losses).sum()\n", line=7),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -60,20 +66,29 @@ class TensorOfTensor(Rule):
         why = self._tensor_reason(arg, fn, 0)
         if not why:
             return
-        a = self.code_for(arg)
+        a, many = self.code_for(arg), why.startswith("a list")
         from ..findings import Fix
         self.report(
             node,
-            problem=f"`{self.code_for(node)}` copies `{a}`, which is already a tensor ({why}).",
+            problem=f"`{self.code_for(node)}` copies `{a}`, which " + (f"holds tensors ({why})." if many else
+                                                                      f"is already a tensor ({why})."),
             impact="The copy is a new leaf without history: gradients stop here silently, and the copy costs memory.",
-            fix=Fix(before=self.code_for(node), after=f"{a}.clone()  # or {a}.detach().clone() for a graph-free copy"),
+            fix=Fix(before=self.code_for(node), after=f"torch.stack({a})  # keeps the graph" if many else
+                    f"{a}.clone()  # or {a}.detach().clone() for a graph-free copy"),
         )
+
+    def _built_list(self, fn, name: str) -> bool:
+        vals = [v for v in assigned_values(self, fn, name) if not isinstance(v, cst.Tuple)] + unpacked_values(
+            self, fn, name)
+        return len(vals) == 1 and (isinstance(vals[0], cst.List) and not vals[0].elements or isinstance(
+            vals[0], cst.Call) and self.code_for(vals[0]) == "list()")
 
     def _tensor_reason(self, expr, fn, depth) -> Optional[str]:
         if isinstance(expr, cst.Call):
             tf = torch_function(self, expr)
             if tf is not None:
-                if tf in _NOT_TENSOR or tf.startswith(("nn.", "cuda.", "backends.", "utils.", "jit.")) or tf == "tensor":
+                if tf in _NOT_TENSOR or tf.startswith(("nn.", "cuda.", "backends.", "utils.", "jit.")) and not \
+                        tf.startswith("nn.functional.") or tf == "tensor":
                     return None
                 return f"the output of `torch.{tf}`"
             mc = method_call(expr)
@@ -82,6 +97,19 @@ class TensorOfTensor(Rule):
                         "sum", "mean", "exp", "log", "float", "clone", "detach", "view", "reshape", "to", "max", "min"):
                 return f"the result of `.{mc[1]}()` on a tensor"
             return None
+        if isinstance(expr, cst.BinaryOperation) and depth < 3:
+            return self._tensor_reason(expr.left, fn, depth + 1) or self._tensor_reason(expr.right, fn, depth + 1)
+        if isinstance(expr, (cst.List, cst.Tuple, cst.ListComp)) and depth == 0:
+            items = [expr.elt] if isinstance(expr, cst.ListComp) else [e.value for e in expr.elements]
+            why = next((r for r in (self._tensor_reason(e, fn, 1) for e in items) if r), None)
+            return why and f"a list of tensors: {why}"
+        if isinstance(expr, cst.Name) and fn is not None and depth == 0 and self._built_list(fn, expr.value):
+            items = [c.args[-1].value for c in walk_own(fn.body, cst.Call) if method_call(c) and c.args and method_call(
+                c)[1] == "append" and isinstance(method_call(c)[0], cst.Name) and method_call(c)[0].value == expr.value]
+            loop_bound = {n.value for f in walk_own(fn.body, cst.For) for n in walk_own(f.target, cst.Name)}
+            why = next((r for r in (self._tensor_reason(e, fn, 1) for e in items if not (
+                isinstance(e, cst.Name) and e.value in loop_bound)) if r), None)  # a loop variable: unknown
+            return why and f"a list filled with tensors: `{expr.value}.append(...)` of {why}"
         if isinstance(expr, cst.Name) and fn is not None and depth < 3:
             facts = function_facts(self, fn)
             for p in fn.params.params:

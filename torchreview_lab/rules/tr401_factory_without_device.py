@@ -7,6 +7,7 @@ from ._context import graph_function, under_device_context
 from ._devices import (cpu_by_design, inherits_device, inline_meets, input_tensors, meets_inputs, returned_directly,
                        zero_dim_factory)
 from ._knowledge import TENSOR_FACTORIES
+from ._module_weights import reaches_module_weights
 from ._torch import enclosing_function, function_facts, kwarg, torch_function, with_keyword
 from .base import Invalid, Rule
 
@@ -31,6 +32,8 @@ class FactoryWithoutDevice(Rule):
         ``forward``. Low when it only indexes an input tensor (``x[torch.arange(B), t]``: PyTorch
         accepts CPU indices for a CUDA tensor, at one host->device copy) and for a 0-dim tensor
         (``torch.tensor(2.0)``, ``torch.zeros(())``), which combines legally with a CUDA tensor.
+        In a method of an nn.Module that takes no tensors (``sample(self, n)``), High when the new
+        tensor is passed to a submodule, ``self(...)`` or a method running one, or meets a parameter.
         Silent when the new tensor never meets an input tensor, and in code that runs on the CPU by
         design: DataLoader ``collate_fn=``/``worker_init_fn=`` callables (and collate functions that
         take a list of samples), ``__getitem__``/``__iter__`` of torch.utils.data Dataset/Sampler
@@ -68,6 +71,9 @@ class FactoryWithoutDevice(Rule):
         "import torch\nfrom torch.utils.data import Dataset\nclass D(Dataset):\n    def __getitem__(self, i):\n"
         "        x = self.data[i]\n        return x, torch.tensor(self.labels[i]) + x.sum()\n",
         "import torch\ndef f(x):\n    n = torch.arange(x.size(0)).sum().item()\n    return x * n\n",
+        "import torch, torch.nn as nn\nclass G(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(8, 8)\n    def sample(self, n):\n        p = next(self.parameters())\n"
+        "        return self.fc(torch.randn(n, 8, device=p.device))\n    def init_state(self, n):\n        return torch.zeros(n, 8)\n",
         "import torch\ndef log_z(em, crf):\n    terms = []\n    rec(0, torch.zeros((), dtype=torch.float64), em, terms)\n"
         "    return torch.logsumexp(torch.stack(terms), 0)\n",
     ]
@@ -80,7 +86,21 @@ class FactoryWithoutDevice(Rule):
                 "    return scores.masked_fill(torch.ones(T, T).triu(1).bool(), float('-inf'))\n", line=4),
         Invalid("import torch\ndef pad(x):\n    return torch.cat([x, torch.zeros(x.size(0), 1)], dim=1)\n", line=3),
         Invalid("import torch\ndef shift(x: torch.Tensor):\n    return x + torch.tensor(1.0)\n", line=3),
+        Invalid("import torch, torch.nn as nn\nclass VAE(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                "        self.dec = nn.Linear(8, 784)\n    def decode(self, z):\n        return self.dec(z)\n"
+                "    @torch.no_grad()\n    def sample(self, n):\n        z = torch.randn(n, 8)\n        return self.decode(z)\n",
+                line=10),
     ]
+
+    def _module_method(self, node: cst.Call, fn: cst.FunctionDef, fname: str) -> None:
+        found = None if zero_dim_factory(self, node, fname) else reaches_module_weights(self, node, fn)
+        if found is not None:
+            self.report(node, problem=(f"`torch.{fname}(...)` has no `device=` in `{fn.name.value}`, a method of the "
+                                       f"nn.Module `{found[0].name.value}`; the new tensor is {found[1]}, whose weights "
+                                       "live wherever the module was moved."),
+                        impact="After `model.to('cuda')` this raises 'Expected all tensors to be on the same device'.",
+                        fix=Fix(before=self.code_for(node), after=self.code_for(with_keyword(
+                            node, "device", cst.parse_expression("next(self.parameters()).device")))))
 
     def visit_Call(self, node: cst.Call) -> None:
         fname = torch_function(self, node)
@@ -89,10 +109,10 @@ class FactoryWithoutDevice(Rule):
         if any(a.star == "**" for a in node.args):
             return
         fn = enclosing_function(self, node)
-        if fn is None or not function_facts(self, fn).tensor_params:
+        if fn is None or under_device_context(self, node) or cpu_by_design(self, fn):
             return
-        if under_device_context(self, node) or cpu_by_design(self, fn):
-            return
+        if not function_facts(self, fn).tensor_params:
+            return self._module_method(node, fn, fname)
         facts = function_facts(self, fn)
         inputs = input_tensors(self, fn)
         if inherits_device(self, node, fname, inputs):

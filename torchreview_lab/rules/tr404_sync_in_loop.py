@@ -6,13 +6,16 @@ from ..findings import Fix
 from ._context import graph_function
 from ._knowledge import TENSOR_FACTORIES
 from ._syncs import SYNC_EXPLANATIONS, chain_methods, outer_of_chain, sync_cost, sync_method
+from ._numerics import few_literal_trips, index_grown_in_loop
 from ._torch import in_loop_body, in_raise, kwarg, method_call, torch_function
 from .base import Invalid, Rule
 
 
 _HOW_OFTEN = {"train": "on every training step", "eval": "once per evaluation batch", "loop": "on every loop step",
               "periodic": "on the loop steps its `if` selects",
-              "copies": "on every loop step, on a value computed before it"}
+              "copies": "on every loop step, on a value computed before it",
+              "chase": "on every loop step, at an index read back by the previous step's sync",
+              "few": "on each of the loop's few (literal) iterations"}
 
 
 class SyncInLoop(Rule):
@@ -27,7 +30,9 @@ class SyncInLoop(Rule):
         rarely-true guard (``if step % 50 == 0:``, periodic logging) and in a loop that reads values
         computed before it (``for v in metrics.values(): v.item()``: small copies, not stalls); once
         per evaluation batch (``correct += (pred == y).sum().item()``, the standard way to accumulate
-        metrics) low in research and medium in production, where the stalls add up in eval jobs.
+        metrics) low in research and medium in production, where the stalls add up in eval jobs; low in
+        loops of at most 100 literal iterations (``for step in range(50):`` in a demo); medium when the
+        index comes from the previous step's sync (``path.append(bp[path[-1]].item())``, a backtrace).
 
     Why is this bad:
         On CUDA each of these blocks the host until every queued kernel has finished and then
@@ -68,6 +73,9 @@ class SyncInLoop(Rule):
                 "            loss = model(x).sum()\n            loss.backward()\n            opt.step()\n"
                 "            print(loss.item())\n", line=7),
         Invalid("import torch\ndef f(xs):\n    i = 0\n    while i < 3:\n        idx = torch.nonzero(xs[i])\n        i += 1\n    return idx\n", line=5),
+        # a Viterbi backtrace: each index is the previous step's synced value, T round trips in a row
+        Invalid("def backtrace(score, backptrs):\n    path = [score.argmax().item()]\n    for bp in reversed(backptrs):\n"
+                "        path.append(bp[path[-1]].item())\n    return path[::-1]\n", line=4),
     ]
 
     def visit_Call(self, node: cst.Call) -> None:
@@ -85,6 +93,10 @@ class SyncInLoop(Rule):
         where, severity = sync_cost(self, node)
         if where == "epoch":
             return  # once per pass over the data, outside the loop over batches
+        if where == "copies" and index_grown_in_loop(self, node):
+            where, severity = "chase", "medium"
+        elif severity != "low" and few_literal_trips(self, node):
+            where, severity = "few", "low"
         chain = chain_methods(self, node)
         calls = "".join(f".{c}()" for c in chain)
         why = "; ".join(SYNC_EXPLANATIONS[c] for c in dict.fromkeys(chain))

@@ -8,7 +8,8 @@ from ..findings import Fix
 from ._context import under_test_of
 from ._flow import attribute_dim_sizes, canonical_size, doc_shapes, upper_bounds
 from ._loops import loop_derived
-from ._torch import assigned_values, enclosing_function, function_facts, names_in, source_names
+from ._pairs import count_index, count_top, dim_size_doc
+from ._torch import assigned_values, enclosing_function, function_facts, names_in, shape_dims, source_names, torch_function
 from .base import Invalid, Rule
 
 
@@ -20,7 +21,9 @@ class IndexReachesSize(Rule):
         ``range(1, K + 1)`` gives ``k <= K``, ``k + 1`` adds one, ``min(k, K - 1)`` caps it) and the
         size of the indexed dimension (``N = t.shape[0]``, ``a, b = t.shape``, ``t.size(0)``,
         ``len(t)``, or a documented shape such as ``# table: (K, C)`` or a docstring line
-        ``x: (batch, T, C)``). Reports an index whose bound reaches the size.
+        ``x: (batch, T, C)``). Reports an index whose bound reaches the size, and a length or a
+        documented 1..N value (``lengths``, ``seg_len: (N,) in 1..K``) passed as it is to ``gather``,
+        ``index_select`` or ``x[arange(B), lengths]`` on an axis of that size.
 
     Why is this bad:
         Valid indices of a dimension of size N are 0..N-1. An index that reaches N raises
@@ -53,9 +56,13 @@ class IndexReachesSize(Rule):
         "def f(x):\n    N = x.shape[0]\n    for i in range(N - 1):\n        x[i + 1] = x[i]\n    return x\n",
         "def f(x):\n    n = len(x)\n    for i in range(n):\n        if i + 1 < n:\n            x[i + 1] += x[i]\n",
         "def f(x, K):\n    T = x.shape[1]\n    for t in range(T):\n        y = x[:, t]\n    return y\n",
+        "import torch\ndef last(h, lengths):\n    return h[torch.arange(h.shape[0]), lengths - 1]\n",
+        "import torch.nn.functional as F\ndef ends(x, lengths):\n    p = F.pad(x.cumsum(1), (0, 0, 1, 0))\n    return p.gather(1, lengths[:, None, None].expand(-1, 1, x.shape[-1]))\n",
         "import torch.nn.functional as F\ndef f(x):\n    T = x.shape[0]\n    x = F.pad(x, (0, 0, 1, 0))\n    for t in range(T):\n        y = x[t + 1] - x[t]\n    return y\n",
     ]
     INVALID = [
+        Invalid("def last(h, lengths):\n    return h.gather(1, lengths.view(-1, 1, 1).expand(-1, 1, h.shape[-1]))\n", line=2),
+        Invalid("def bonus(table, d):\n    \"\"\"table: (K, C); d: (N,) in 1..K\"\"\"\n    return table.index_select(0, d)\n", line=3),
         Invalid("def f(dur_table, K):\n    # dur_table: (K, C) scores for durations 1..K\n    out = []\n    for k in range(K):\n        dur = k + 1\n        out.append(dur_table[dur])\n    return out\n", line=6),
         Invalid("def f(x):\n    B, T, C = x.shape\n    acc = x[:, 0]\n    for t in range(1, T + 1):\n        acc = acc + x[:, t]\n    return acc\n", line=5),
         Invalid("def f(x):\n    \"\"\"Scores.\n\n    Args:\n        x: (batch, T, C) emissions\n    \"\"\"\n    T = x.size(1)\n    for t in range(T):\n        d = x[:, t + 1] - x[:, t]\n    return d\n", line=9),
@@ -67,8 +74,43 @@ class IndexReachesSize(Rule):
                 "            out.append(x + self.duration[k])\n        return out\n", line=10),
     ]
 
+    def visit_Call(self, node: cst.Call) -> None:
+        self._count_as_index(node)
+
+    def _count_as_index(self, node) -> bool:
+        """``out.gather(1, lengths[..])`` / ``table.index_select(0, seg_len)`` with values 1..N on a size-N axis."""
+        site, fn = count_index(self, node), enclosing_function(self, node)
+        top = count_top(self, fn, site[2]) if site and fn is not None else None
+        if top is None or not isinstance(site[0], (cst.Name, cst.Attribute)):
+            return False
+        arr, dim, name = site
+        doc = dim_size_doc(self, fn, self.code_for(arr), dim)
+        if top:  # documented 1..N: the axis must have size N
+            sizes = self._sizes(fn, arr, dim) | ({doc, canonical_size(self, fn, cst.Name(doc))} if doc else set())
+            if not sizes & {top, canonical_size(self, fn, cst.Name(top))}:
+                return False
+        elif dim == 0 or (doc and not doc.isidentifier()) or any(
+                k in self.code_for(v) for v in assigned_values(self, fn, getattr(arr, "value", "")) for k in ("pad(", "cat(")) \
+                or self._plus_one_axis(fn, arr, dim):
+            return False  # a padded (T + 1)-row table takes lengths as they are
+        self.report(node, problem=(f"`{name}` holds counts/positions 1..{top or 'T'} (a length, not a 0-based index), "
+                                   f"but indexes dimension {dim} of `{self.code_for(arr)}` as it is: it reaches the size."),
+                    impact=("The full-length row raises an out-of-range error (a device-side assert on CUDA); every other row "
+                            "silently reads the entry after the intended one (the first padding position)."),
+                    fix=Fix(before=self.code_for(node), after=f"# index with `{name} - 1` (the last valid position)"))
+        return True
+
+    def _plus_one_axis(self, fn, arr, dim: int) -> bool:
+        """``arr`` was made with ``N + 1`` entries on ``dim`` (``torch.full((B, T + 1, C), ...)``)."""
+        for v in assigned_values(self, fn, getattr(arr, "value", "")):
+            tf = torch_function(self, v) if isinstance(v, cst.Call) else None
+            dims = shape_dims(self, v, tf) if tf else None
+            if dims and len(dims) > dim and self.code_for(dims[dim]).replace(" ", "").endswith("+1"):
+                return True
+        return False
+
     def visit_Subscript(self, node: cst.Subscript) -> None:
-        if not isinstance(node.value, (cst.Name, cst.Attribute)):
+        if not isinstance(node.value, (cst.Name, cst.Attribute)) or self._count_as_index(node):
             return
         fn = enclosing_function(self, node)
         for dim, elem in self._dims(node):
@@ -84,12 +126,9 @@ class IndexReachesSize(Rule):
             guard_names = names_in(idx) | source_names(self, fn, idx)  # the index's names, one assignment back
             if under_test_of(self, node, guard_names) or not loop_derived(self, node, idx, fn):
                 continue
-            worst = max(off for _, off in bounds)
-            size_txt = sorted(sizes, key=len)[0]
-            arr = self.code_for(node.value)
+            worst, size_txt, arr = max(off for _, off in bounds), sorted(sizes, key=len)[0], self.code_for(node.value)
             self.report(
-                elem,
-                problem=(f"Index `{self.code_for(idx)}` into dimension {dim} of `{arr}` can reach "
+                elem, problem=(f"Index `{self.code_for(idx)}` into dimension {dim} of `{arr}` can reach "
                          f"`{size_txt}{' + ' + str(worst) if worst else ''}`, but that dimension has size `{size_txt}` "
                          f"(valid indices 0..{size_txt} - 1)."),
                 impact=("The last iteration raises IndexError (on CUDA a device-side assert), or with a shifted "
@@ -110,15 +149,12 @@ class IndexReachesSize(Rule):
     def _sizes(self, fn, arr, dim: int) -> Set[str]:
         arr_code = self.code_for(arr)
         docs = doc_shapes(self, fn)
-        n_assign = len(assigned_values(self, fn, arr.value)) if isinstance(arr, cst.Name) else 0
-        is_param = fn is not None and isinstance(arr, cst.Name) and arr.value in function_facts(self, fn).params
-        reassigned = n_assign > 0
-        if n_assign >= 2 or (is_param and n_assign):
+        n_assign = reassigned = len(assigned_values(self, fn, arr.value)) if isinstance(arr, cst.Name) else 0
+        if n_assign >= 2 or (n_assign and fn is not None and isinstance(arr, cst.Name) and arr.value in function_facts(self, fn).params):
             return set()  # x = F.pad(x, ...): sizes read before and after differ
         out: Set[str] = {f"{arr_code}.shape[{dim}]"} | attribute_dim_sizes(self, arr, dim)
         if arr_code in docs and not reassigned:
             dims = docs[arr_code]
             if dim < len(dims) and dims[dim] != "?" and not dims[dim].isdigit():
-                out.add(canonical_size(self, fn, cst.Name(dims[dim])))
-                out.add(dims[dim])
+                out |= {canonical_size(self, fn, cst.Name(dims[dim])), dims[dim]}
         return out
