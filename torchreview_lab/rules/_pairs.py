@@ -291,3 +291,14 @@ def count_top(rule, fn, name: str) -> Optional[str]:
     if _LENGTH_NAME.fullmatch(name) and (param and not vals or vals and all(".sum(" in rule.code_for(v) for v in vals)):
         return ""
     return None
+
+
+def plus_one_axis(rule, fn, arr, dim: int) -> bool:
+    """``arr`` was made with ``N + 1`` entries on ``dim`` (``torch.full((B, T + 1, C), ...)``)."""
+    from ._torch import shape_dims
+    for v in assigned_values(rule, fn, getattr(arr, "value", "")):
+        tf = torch_function(rule, v) if isinstance(v, cst.Call) else None
+        dims = shape_dims(rule, v, tf) if tf else None
+        if dims and len(dims) > dim and rule.code_for(dims[dim]).replace(" ", "").endswith("+1"):
+            return True
+    return False

@@ -8,8 +8,8 @@ from ..findings import Fix
 from ._context import under_test_of
 from ._flow import attribute_dim_sizes, canonical_size, doc_shapes, upper_bounds
 from ._loops import loop_derived
-from ._pairs import count_index, count_top, dim_size_doc
-from ._torch import assigned_values, enclosing_function, function_facts, names_in, shape_dims, source_names, torch_function
+from ._pairs import count_index, count_top, dim_size_doc, plus_one_axis
+from ._torch import assigned_values, enclosing_function, function_facts, names_in, source_names
 from .base import Invalid, Rule
 
 
@@ -83,15 +83,14 @@ class IndexReachesSize(Rule):
         top = count_top(self, fn, site[2]) if site and fn is not None else None
         if top is None or not isinstance(site[0], (cst.Name, cst.Attribute)):
             return False
-        arr, dim, name = site
-        doc = dim_size_doc(self, fn, self.code_for(arr), dim)
+        (arr, dim, name), doc = site, dim_size_doc(self, fn, self.code_for(site[0]), site[1])
         if top:  # documented 1..N: the axis must have size N
             sizes = self._sizes(fn, arr, dim) | ({doc, canonical_size(self, fn, cst.Name(doc))} if doc else set())
             if not sizes & {top, canonical_size(self, fn, cst.Name(top))}:
                 return False
         elif dim == 0 or (doc and not doc.isidentifier()) or any(
                 k in self.code_for(v) for v in assigned_values(self, fn, getattr(arr, "value", "")) for k in ("pad(", "cat(")) \
-                or self._plus_one_axis(fn, arr, dim):
+                or plus_one_axis(self, fn, arr, dim):
             return False  # a padded (T + 1)-row table takes lengths as they are
         self.report(node, problem=(f"`{name}` holds counts/positions 1..{top or 'T'} (a length, not a 0-based index), "
                                    f"but indexes dimension {dim} of `{self.code_for(arr)}` as it is: it reaches the size."),
@@ -99,15 +98,6 @@ class IndexReachesSize(Rule):
                             "silently reads the entry after the intended one (the first padding position)."),
                     fix=Fix(before=self.code_for(node), after=f"# index with `{name} - 1` (the last valid position)"))
         return True
-
-    def _plus_one_axis(self, fn, arr, dim: int) -> bool:
-        """``arr`` was made with ``N + 1`` entries on ``dim`` (``torch.full((B, T + 1, C), ...)``)."""
-        for v in assigned_values(self, fn, getattr(arr, "value", "")):
-            tf = torch_function(self, v) if isinstance(v, cst.Call) else None
-            dims = shape_dims(self, v, tf) if tf else None
-            if dims and len(dims) > dim and self.code_for(dims[dim]).replace(" ", "").endswith("+1"):
-                return True
-        return False
 
     def visit_Subscript(self, node: cst.Subscript) -> None:
         if not isinstance(node.value, (cst.Name, cst.Attribute)) or self._count_as_index(node):
