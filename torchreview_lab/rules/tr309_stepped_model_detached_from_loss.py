@@ -133,9 +133,13 @@ class SteppedModelDetachedFromLoss(Rule):
     def _assigned_before(self, name: str, at: cst.CSTNode) -> Optional[cst.Assign]:
         """The last plain assignment to ``name`` above ``at`` in its function (or module)."""
         scope = next((a for a in self.ancestors(at) if isinstance(a, cst.FunctionDef)), self.ctx.module)
-        line, best = self.line_of(at), None
-        for a in walk(scope, cst.Assign):
-            if self.line_of(a) < line and any(name in {n.value for n in walk(t.target, cst.Name)} for t in a.targets):
-                if best is None or self.line_of(a) > self.line_of(best):
-                    best = a
-        return best
+        key = ("tr309-assignments", id(scope))
+        if key not in self.ctx.cache:  # name -> [(line, assign)], built once per scope
+            index = {}
+            for a in walk(scope, cst.Assign):
+                for n in {x.value for t in a.targets for x in walk(t.target, cst.Name)}:
+                    index.setdefault(n, []).append((self.line_of(a), a))
+            self.ctx.cache[key] = index
+        line = self.line_of(at)
+        before = [(ln, a) for ln, a in self.ctx.cache[key].get(name, []) if ln < line]
+        return max(before, key=lambda p: p[0])[1] if before else None

@@ -6,7 +6,7 @@ import libcst as cst
 
 from ._context import buffer_values, device_move_follows, init_methods, is_module_class, self_attribute_assignments
 from ._knowledge import DEVICE_MOVES
-from ._torch import dotted_name, kwarg, method_call, positional, torch_function, walk, walk_own
+from ._torch import assigned_values, dotted_name, kwarg, method_call, positional, torch_function, walk, walk_own
 from .base import Invalid, Rule
 
 # torch functions that do not return a tensor (or return one that is never on a device by mistake).
@@ -86,8 +86,7 @@ class PlainTensorAttribute(Rule):
         if depth > 4:
             return False
         if isinstance(expr, cst.Name):
-            vals = [a.value for a in walk_own(fn.body, cst.Assign)
-                    if any(isinstance(t.target, cst.Name) and t.target.value == expr.value for t in a.targets)]
+            vals = assigned_values(self, fn, expr.value)
             return len(vals) == 1 and self._plain_tensor(fn, vals[0], depth + 1)
         if isinstance(expr, cst.BinaryOperation):
             return any(self._plain_tensor(fn, s, depth + 1) for s in (expr.left, expr.right)) and not any(
